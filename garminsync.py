@@ -1,0 +1,1598 @@
+#!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "garminconnect>=0.3.2,<0.4",
+# ]
+# ///
+"""garminsync: keep a local copy of the original file of every Garmin Connect activity.
+
+Usage:
+    python garminsync.py [ACTION] [OPTIONS]
+
+Actions (at most one; default --missing):
+    --missing                        download every activity not yet in DEST
+    --list {all,missing,downloaded}  print activities (id, start, type, name, status)
+    --status                         counts by status, the last run, the session
+    --login                          log in interactively (MFA too), then save the session
+
+Options:
+    --dest DIR        where the files go; default $GARMINSYNC_DEST, else ~/fit
+    --offline         with --list/--status: read the manifest only, no network
+    --since DATE / --until DATE      only activities whose local start date is in range
+    --delay SECONDS   fixed pause between two Garmin requests; default $GARMINSYNC_DELAY or 2
+    --limit N         download at most N activities this run
+    --dry-run         show what --missing would download; write nothing
+    --json            machine-readable output for --list and --status
+    -v / -q           more / less output;  --version, --help
+
+Files:
+    DEST/activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<fit|gpx|tcx>   the originals (local start time)
+    DEST/garminsync.json     the manifest: what is known of every activity, and the last run
+    DEST/.garminsync.lock    held while a run works on DEST (one run per DEST)
+    $GARMINTOKENS/garmin_tokens.json   the saved session (default ~/.local/state/garminsync)
+
+Credentials (only needed to log in): GARMIN_EMAIL/GARMIN_PASSWORD, else ~/.netrc
+(machine garmin.com, connect.garmin.com or sso.garmin.com), else systemd credentials
+$CREDENTIALS_DIRECTORY/garmin_email and garmin_password.
+
+Exit codes: 0 success; 1 some activities failed (the rest saved) or a local write failed;
+2 usage or bad input; 3 authentication needed or refused; 75 temporary (rate limited,
+network down, another run holds DEST); 130/143 interrupted by SIGINT/SIGTERM.
+
+See README.md for how a run decides what is new, and what happens on failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import email.utils
+import errno
+import fcntl
+import io
+import json
+import logging
+import netrc
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_AUTH, EXIT_TEMPFAIL = 0, 1, 2, 3, 75
+EXIT_SIGNAL_BASE = 128
+
+# ---------------------------------------------------------------------------------------
+# Output: every line the script prints goes through here, so priorities, the journal
+# prefix, the progress line and the scrubbing of secrets are handled in one place.
+
+PRIORITIES = {"error": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
+SECRETS: set[str] = set()
+SECRET_PATTERNS = [
+    re.compile(r"(Bearer\s+)[^\s'\"]+", re.I),
+    re.compile(r"((?:access|refresh|di|di_refresh)_token['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+", re.I),
+    re.compile(r"((?:password|JWT_WEB)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+", re.I),
+]
+
+
+@dataclasses.dataclass
+class OutputState:
+    threshold: int = PRIORITIES["info"]
+    journal: bool = False
+    progress: bool = False
+    progress_shown: bool = False
+
+
+OUT = OutputState()
+
+
+def add_secret(value: str | None) -> None:
+    """Remember a value that must never appear in any output."""
+    if value and len(value) >= 4:
+        SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """Replace every known secret, and anything shaped like a token, with ***."""
+    for secret in sorted(SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    for pattern in SECRET_PATTERNS:
+        text = pattern.sub(r"\1***", text)
+    return text
+
+
+def emit(level: str, message: str) -> None:
+    """Print one log line to stderr at a priority (error, warning, notice, info, debug)."""
+    priority = PRIORITIES[level]
+    if priority > OUT.threshold:
+        return
+    clear_progress()
+    for line in redact(message).splitlines() or [""]:
+        if OUT.journal:
+            line = f"<{priority}>{line}"
+        elif priority <= PRIORITIES["warning"]:
+            line = f"garminsync: {level}: {line}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def progress(text: str) -> None:
+    """Redraw the one-line progress indicator (terminal only); otherwise log it at debug."""
+    if OUT.progress:
+        sys.stderr.write("\r" + redact(text)[:200] + "\x1b[K")
+        sys.stderr.flush()
+        OUT.progress_shown = True
+    else:
+        emit("debug", text)
+
+
+def clear_progress() -> None:
+    """Erase the progress line before a normal line is printed."""
+    if OUT.progress_shown:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+        OUT.progress_shown = False
+
+
+class LogBridge(logging.Handler):
+    """Send library log records (garminconnect, urllib3) through emit(), scrubbed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a library's bad format string must not crash a sync
+            text = str(record.msg)
+        emit("debug", f"[{record.name}] {text}")
+
+
+def setup_output(verbosity: int) -> None:
+    """Pick the threshold and the line format for this process's stderr."""
+    OUT.threshold = {-1: PRIORITIES["warning"], 0: PRIORITIES["info"]}.get(
+        verbosity, PRIORITIES["debug"]
+    )
+    OUT.journal = bool(os.environ.get("JOURNAL_STREAM"))
+    OUT.progress = sys.stderr.isatty() and not OUT.journal and verbosity >= 0
+    root = logging.getLogger()
+    root.handlers[:] = [LogBridge()]
+    # garminconnect logs a traceback on every HTTP error: only with -v.
+    root.setLevel(logging.DEBUG if verbosity > 0 else logging.CRITICAL + 1)
+
+
+class Fatal(Exception):
+    """Stops the run with a one-line message and an exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(BaseException):
+    """Raised by the SIGINT/SIGTERM handler so every wait ends at once."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def on_stop_signal(signum: int, _frame: Any) -> None:
+    """First SIGINT/SIGTERM: ignore further ones (so the manifest flush finishes), stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+# ---------------------------------------------------------------------------------------
+# Settings and credentials: the command line and environment turned into plain values,
+# and the three places a password may come from.
+
+DEFAULT_DELAY = 2.0
+DEFAULT_TIMEOUT = 120.0
+NETRC_MACHINES = ("garmin.com", "connect.garmin.com", "sso.garmin.com")
+LOGIN_HINT = "run `python garminsync.py --login` once"
+
+
+@dataclasses.dataclass
+class Settings:
+    action: str = "missing"  # missing | list | status | login
+    list_filter: str = "all"
+    dest: Path = Path("~/fit")
+    offline: bool = False
+    since: dt.date | None = None
+    until: dt.date | None = None
+    delay: float = DEFAULT_DELAY
+    timeout: float = DEFAULT_TIMEOUT
+    limit: int | None = None
+    dry_run: bool = False
+    json: bool = False
+    verbosity: int = 0
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A non-negative number of seconds from the environment, or exit 2 saying what is wrong."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 86400:
+        raise Fatal(EXIT_USAGE, f"{name}={raw!r} is not a number of seconds; fix or unset it")
+    return value
+
+
+def token_store() -> Path:
+    """The directory holding garmin_tokens.json: $GARMINTOKENS, else the XDG state dir."""
+    if os.environ.get("GARMINTOKENS"):
+        path = Path(os.environ["GARMINTOKENS"]).expanduser()
+        return path.parent if path.suffix == ".json" else path
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state).expanduser() / "garminsync"
+
+
+def token_file() -> Path:
+    """The saved session file, in garminconnect 0.3's format."""
+    if os.environ.get("GARMINTOKENS", "").endswith(".json"):
+        return Path(os.environ["GARMINTOKENS"]).expanduser()
+    return token_store() / "garmin_tokens.json"
+
+
+def netrc_credentials() -> tuple[str | None, str | None]:
+    """Login and password of the first Garmin machine in ~/.netrc (warns if others can read it)."""
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    if not path.is_file():
+        return None, None
+    if path.stat().st_mode & 0o077:
+        emit("warning", f"{path} is readable by group or others; run `chmod 600 {path}`")
+    try:
+        parsed = netrc.netrc(str(path))  # an explicit path skips netrc's own permission error
+    except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as err:
+        emit("warning", f"cannot read {path}: {err}; ignoring it")
+        return None, None
+    for machine in NETRC_MACHINES:
+        entry = parsed.authenticators(machine)
+        if entry:
+            return entry[0] or None, entry[2] or None
+    return None, None
+
+
+def systemd_credential(name: str) -> str | None:
+    """A secret passed by systemd's LoadCredential=, or None."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    try:
+        return (Path(directory) / name).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def find_credentials() -> tuple[str | None, str | None]:
+    """Email and password from the environment, ~/.netrc, or systemd credentials, in that order."""
+    email_addr = os.environ.get("GARMIN_EMAIL") or None
+    password = os.environ.get("GARMIN_PASSWORD") or None
+    if not (email_addr and password):
+        n_email, n_password = netrc_credentials()
+        email_addr, password = email_addr or n_email, password or n_password
+    email_addr = email_addr or systemd_credential("garmin_email")
+    password = password or systemd_credential("garmin_password")
+    add_secret(password)
+    return email_addr, password
+
+
+# ---------------------------------------------------------------------------------------
+# Files: every write is atomic (temp file in the same directory, fsync, rename), so a
+# crash leaves either the old file or the new one, never half of one.
+
+TEMP_PREFIX = ".garminsync-tmp-"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in a directory durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write bytes to path atomically with the given permissions."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode)
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(directory: Path) -> int:
+    """Delete temp files a killed run left behind (only ours: the lock says no run is live)."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------------------------------
+# Garmin session: the saved tokens, the one narrow seam to the client library (garminconnect,
+# or a saved garth session), and the pacing, retries and timeouts around every request.
+
+
+def read_saved_tokens() -> str | None:
+    """The saved session's JSON text, or None when there is no usable one (warns why)."""
+    path = token_file()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if st.st_mode & 0o077:
+        emit("warning", f"{path} was readable by group or others; tightened it to 0600")
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError) as err:
+        emit("warning", f"the saved session {path} is unreadable ({err.__class__.__name__})")
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("di_token"), str):
+        emit("warning", f"the saved session {path} holds no token")
+        return None
+    for key in ("di_token", "di_refresh_token"):
+        add_secret(data.get(key) if isinstance(data.get(key), str) else None)
+    return text
+
+
+def save_tokens(text: str) -> None:
+    """Store the session atomically: directory 0700, file 0600."""
+    path = token_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path.parent, 0o700)
+    atomic_write(path, text.encode("utf-8"), mode=0o600)
+
+
+def session_saved() -> bool:
+    """Whether a session file exists and parses (for --status; never contacts Garmin)."""
+    try:
+        return isinstance(json.loads(token_file().read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+@dataclasses.dataclass
+class Seam:
+    """The client library behind one interface: connectapi(path, ...) and download(path, ...)."""
+
+    client: Any
+    extra_kwargs: dict
+    dump_tokens: Callable[[], str | None]
+    persist: Callable[[str], None]
+
+
+def garth_seam(home: str, timeout: float) -> Seam | None:
+    """A saved garth (or garth-ng) session from $GARTH_HOME, when garth is importable."""
+    try:
+        import garth  # noqa: PLC0415 (optional, and lazy so offline runs stay light)
+    except ImportError:
+        emit("debug", "GARTH_HOME is set but garth is not installed; using garminconnect")
+        return None
+    try:
+        garth.resume(home)
+    except Exception as err:
+        raise Fatal(EXIT_AUTH, f"cannot resume the garth session in {home} ({err}); {LOGIN_HINT}")
+    client = garth.client
+    with contextlib.suppress(Exception):
+        client.configure(timeout=timeout)
+
+    def dump() -> str | None:
+        return json.dumps(
+            {
+                "oauth1_token.json": dataclasses.asdict(client.oauth1_token),
+                "oauth2_token.json": dataclasses.asdict(client.oauth2_token),
+            },
+            sort_keys=True,
+        )
+
+    def persist(text: str) -> None:
+        for name, value in json.loads(text).items():
+            atomic_write(Path(home).expanduser() / name, json.dumps(value).encode(), 0o600)
+
+    return Seam(client, {}, dump, persist)
+
+
+def garminconnect_seam(tokens: str, timeout: float) -> Seam:
+    """garminconnect 0.3's own client, loaded from the saved token text (no login call)."""
+    from garminconnect.client import Client  # noqa: PLC0415 (lazy: offline runs skip it)
+
+    client = Client()
+    try:
+        client.loads(tokens)
+    except Exception:
+        raise Fatal(EXIT_AUTH, f"the saved session in {token_file()} is unusable; {LOGIN_HINT}")
+    return Seam(client, {"timeout": (10, min(30.0, timeout))}, client.dumps, save_tokens)
+
+
+def open_seam(settings: Settings) -> Seam:
+    """The client for this run: a saved garth session, else the saved garminconnect session,
+    else a non-interactive login with stored credentials; exit 3 when none of that works."""
+    if os.environ.get("GARTH_HOME"):
+        seam = garth_seam(os.environ["GARTH_HOME"], settings.timeout)
+        if seam:
+            return seam
+    tokens = read_saved_tokens()
+    if tokens is None:
+        tokens = login(interactive=False)
+    return garminconnect_seam(tokens, settings.timeout)
+
+
+def login(interactive: bool) -> str:
+    """Log in with garminconnect, save the session and return its token text."""
+    email_addr, password = find_credentials()
+    if interactive:
+        import getpass  # noqa: PLC0415
+
+        email_addr = email_addr or input("Garmin Connect email: ").strip()
+        password = password or getpass.getpass("Garmin Connect password: ")
+        add_secret(password)
+    if not (email_addr and password):
+        raise Fatal(EXIT_AUTH, f"no saved Garmin session and no credentials; {LOGIN_HINT}")
+    from garminconnect.client import Client  # noqa: PLC0415
+    from garminconnect.exceptions import (  # noqa: PLC0415
+        GarminConnectAuthenticationError,
+        GarminConnectTooManyRequestsError,
+    )
+
+    def ask_mfa() -> str:
+        if not interactive:
+            raise Fatal(EXIT_AUTH, f"Garmin asks for a one-time code (MFA); {LOGIN_HINT}")
+        return input("MFA code: ").strip()
+
+    client = Client()
+    emit("info", f"logging in to Garmin Connect as {email_addr}")
+    try:
+        client.login(email_addr, password, prompt_mfa=ask_mfa)
+    except GarminConnectAuthenticationError as err:
+        if "MFA" in str(err):
+            raise Fatal(EXIT_AUTH, f"Garmin asks for a one-time code (MFA); {LOGIN_HINT}")
+        raise Fatal(EXIT_AUTH, f"Garmin refused the login ({err}); check the email and password")
+    except GarminConnectTooManyRequestsError:
+        raise Fatal(EXIT_TEMPFAIL, "Garmin is rate limiting logins; try again in an hour")
+    except Exception as err:
+        raise Fatal(EXIT_TEMPFAIL, f"login failed, Garmin Connect unreachable? ({err})")
+    tokens = client.dumps()
+    for value in json.loads(tokens).values():
+        add_secret(value if isinstance(value, str) else None)
+    save_tokens(tokens)
+    emit("info", f"session saved in {token_file()}")
+    return tokens
+
+
+class RequestFailed(Exception):
+    """A Garmin request that failed after its retries (the message says why)."""
+
+
+class NotFound(RequestFailed):
+    """HTTP 404."""
+
+
+class Deadline(Exception):
+    """A request took longer than its total time budget."""
+
+
+RETRIES = 3
+MAX_RETRY_AFTER_TOTAL = 300.0  # seconds a run will wait on 429s before stopping with exit 75
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+def on_deadline(_signum: int, _frame: Any) -> None:
+    raise Deadline()
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float):
+    """Bound a whole request (a trickling body too), not only each socket read."""
+    previous = signal.signal(signal.SIGALRM, on_deadline)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (delta or HTTP date), or None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+def describe_failure(err: BaseException, status: int | None) -> str:
+    """A short reason for a failed request, without the library's traceback."""
+    if isinstance(err, Deadline):
+        return "timed out"
+    if status is not None and status >= 400:
+        return f"HTTP {status}"
+    if isinstance(err, ValueError) and "JSON" in err.__class__.__name__ + str(err):
+        return "the answer is not JSON"
+    text = str(err).split("\n")[0]
+    name = err.__class__.__name__
+    return f"{name}: {text[:160]}" if text else name
+
+
+class GarminAPI:
+    """Paced, retried, time-bounded GET requests to Garmin Connect through the seam."""
+
+    def __init__(self, seam: Seam, settings: Settings) -> None:
+        self.seam = seam
+        self.delay = settings.delay
+        self.timeout = settings.timeout
+        self.last_request = 0.0
+        self.waited_on_429 = 0.0
+        self.requests = 0
+        self.reached = False  # whether Garmin answered anything at all this run
+        self.saved_tokens = seam.dump_tokens()
+
+    def get_json(self, path: str, params: dict | None = None) -> Any:
+        return self._call(self.seam.client.connectapi, path, params=params)
+
+    def get_bytes(self, path: str) -> bytes:
+        return self._call(self.seam.client.download, path)
+
+    def _pace(self) -> None:
+        """The fixed delay between the end of one request and the start of the next."""
+        wait = self.last_request + self.delay - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+    def _call(self, fn: Callable, path: str, **kwargs: Any) -> Any:
+        attempt = 0
+        while True:
+            answers: list = []
+            hooks = {"response": lambda r, *_, seen=answers, **__: seen.append(r)}
+            self._pace()
+            self.requests += 1
+            emit("debug", f"GET {path} {kwargs.get('params') or ''}".rstrip())
+            try:
+                with time_budget(self.timeout):
+                    result = fn(path, hooks=hooks, **self.seam.extra_kwargs, **kwargs)
+                self.reached = True
+                return result
+            except Exception as err:
+                answer = answers[-1] if answers else None
+                status = getattr(answer, "status_code", None)
+                self.reached = self.reached or status is not None
+                if status == 429:
+                    self._wait_for_rate_limit(answer)
+                    continue
+                self._give_up_unless_worth_retrying(err, status, path)
+                attempt += 1
+                if attempt >= RETRIES:
+                    raise RequestFailed(describe_failure(err, status)) from err
+                backoff = max(self.delay, 0.5) * 2 ** (attempt - 1)
+                emit("debug", f"{path}: {describe_failure(err, status)}; retry in {backoff:g}s")
+                time.sleep(backoff)
+            finally:
+                self.last_request = time.monotonic()
+                self._persist_refreshed_tokens()
+
+    @staticmethod
+    def _give_up_unless_worth_retrying(err: Exception, status: int | None, path: str) -> None:
+        """401/403 end the run (exit 3), 404 means no file, other 4xx fail at once."""
+        if status in (401, 403):
+            raise Fatal(
+                EXIT_AUTH, f"Garmin refused the saved session (HTTP {status}); {LOGIN_HINT}"
+            )
+        if status == 404:
+            raise NotFound("HTTP 404 (no such file)") from err
+        if status is not None and 400 <= status < 500:
+            raise RequestFailed(f"HTTP {status}") from err
+
+    def _wait_for_rate_limit(self, answer: Any) -> None:
+        """Honour Retry-After within the run's budget; beyond it, stop with exit 75."""
+        wait = retry_after_seconds(answer.headers.get("Retry-After"))
+        wait = 60.0 if wait is None else wait
+        if self.waited_on_429 + wait > MAX_RETRY_AFTER_TOTAL:
+            raise Fatal(
+                EXIT_TEMPFAIL,
+                f"Garmin is rate limiting (HTTP 429, Retry-After "
+                f"{wait:.0f}s); everything so far is saved, the next run goes on",
+            )
+        emit("warning", f"Garmin is rate limiting (HTTP 429); waiting {wait:.0f}s as asked")
+        self.waited_on_429 += wait
+        time.sleep(wait)
+
+    def _persist_refreshed_tokens(self) -> None:
+        """When the library refreshed the tokens, save them at once (atomically, 0600)."""
+        current = self.seam.dump_tokens()
+        if current and current != self.saved_tokens:
+            for value in re.findall(r'"([A-Za-z0-9._\-]{20,})"', current):
+                add_secret(value)
+            self.seam.persist(current)
+            self.saved_tokens = current
+            emit("debug", "tokens refreshed and saved")
+
+
+# ---------------------------------------------------------------------------------------
+# Listing: turning Garmin's activity list into plain records, and deciding what is new
+# with as few requests as possible (one, when nothing changed).
+
+LIST_PATH = "/activitylist-service/activities/search/activities"
+COUNT_PATH = "/activitylist-service/activities/count"
+DOWNLOAD_PATH = "/download-service/files/activity/{id}"
+FIRST_PAGE = 100  # an incremental run's first page: new activities are almost always here
+PAGE = 1000  # the most the list endpoint returns per request
+FULL_LISTING_EVERY = dt.timedelta(days=7)
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class ListingFailed(Exception):
+    """Garmin's activity list could not be read (the message says why)."""
+
+
+def parse_start(value: Any) -> dt.datetime | None:
+    """Garmin's 'YYYY-MM-DD HH:MM:SS' (or ISO 8601) start time, or None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip().replace("T", " ")[:19])
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=None, microsecond=0)
+
+
+def activity_record(raw: Any) -> dict | None:
+    """The manifest's view of one listed activity, or None when it lacks an id or start."""
+    if not isinstance(raw, dict):
+        return None
+    activity_id = raw.get("activityId")
+    if isinstance(activity_id, str) and activity_id.strip().isdigit():
+        activity_id = int(activity_id.strip())
+    if isinstance(activity_id, bool) or not isinstance(activity_id, int) or activity_id <= 0:
+        return None
+    start = parse_start(raw.get("startTimeLocal")) or parse_start(raw.get("startTimeGMT"))
+    if start is None and isinstance(raw.get("beginTimestamp"), (int, float)):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            start = dt.datetime.fromtimestamp(raw["beginTimestamp"] / 1000, dt.timezone.utc)
+            start = start.replace(tzinfo=None)
+    if start is None:
+        return None
+    gmt = parse_start(raw.get("startTimeGMT"))
+    kind = raw.get("activityType")
+    type_key = kind.get("typeKey") if isinstance(kind, dict) else None
+    name = raw.get("activityName")
+    return {
+        "id": activity_id,
+        "start_local": start.strftime(TIME_FORMAT),
+        "start_gmt": gmt.strftime(TIME_FORMAT) if gmt else None,
+        "type": type_key if isinstance(type_key, str) and type_key else "unknown",
+        "name": name if isinstance(name, str) else "",
+        "manual": raw.get("manualActivity") is True,
+    }
+
+
+def list_page(api: GarminAPI, start: int, limit: int, settings: Settings) -> tuple[list, int]:
+    """One page of the newest-first list: the usable records, and how many items it held."""
+    params: dict[str, Any] = {"start": start, "limit": limit}
+    if settings.since:
+        params["startDate"] = settings.since.isoformat()
+    if settings.until:
+        params["endDate"] = settings.until.isoformat()
+    try:
+        answer = api.get_json(LIST_PATH, params=params)
+    except RequestFailed as err:
+        raise ListingFailed(f"the activity list failed: {err}") from err
+    if not isinstance(answer, list):
+        raise ListingFailed(f"the activity list answered with {type(answer).__name__}, not a list")
+    records = [record for record in map(activity_record, answer) if record is not None]
+    if len(records) < len(answer):
+        emit(
+            "warning",
+            f"skipped {len(answer) - len(records)} listed activities "
+            "without a usable id or start time",
+        )
+    return records, len(answer)
+
+
+def fetch_count(api: GarminAPI) -> int:
+    """How many activities the account has, per Garmin (one small request)."""
+    try:
+        answer = api.get_json(COUNT_PATH)
+    except RequestFailed as err:
+        raise ListingFailed(f"the activity count failed: {err}") from err
+    total = answer.get("totalCount") if isinstance(answer, dict) else None
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ListingFailed("the activity count answer holds no totalCount")
+    return total
+
+
+def walk_list(
+    api: GarminAPI, store: ManifestStore, settings: Settings, want_new: int | None, total: int
+) -> tuple[int, set[int], bool]:
+    """Page through the newest-first list, merging each record into the manifest.
+
+    Stops early once `want_new` unknown activities were found (None: read to the end).
+    Returns (how many were new, the ids seen, whether the whole list was read)."""
+    new, seen, start = 0, set(), 0
+    limit = FIRST_PAGE if want_new else PAGE
+    while True:
+        records, held = list_page(api, start, limit, settings)
+        before = len(seen)
+        for record in records:
+            seen.add(record["id"])
+            new += store.merge_listed(record)
+        if held < limit or (want_new is None and total and len(seen) >= total):
+            return new, seen, True
+        if want_new is not None and new >= want_new:
+            return new, seen, False
+        if len(seen) == before:
+            emit("warning", "Garmin's list repeats itself; stopping the listing here")
+            return new, seen, False
+        start, limit = start + held, PAGE
+
+
+def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> int:
+    """Bring the manifest up to date with Garmin's list; return how many activities are new.
+
+    The rule: Garmin's count equal to the number of known activities means nothing is new
+    (one request). Otherwise read the newest-first list until as many unknown activities
+    turned up as the count says, however deep they sit (late uploads). The whole list is
+    read on the first run, when the count dropped (deletions) and once every 7 days."""
+    if settings.since or settings.until:
+        return walk_list(api, store, settings, None, 0)[0]  # a date range: read it whole
+    total = fetch_count(api)
+    present = store.present_ids()
+    last_full = store.data.get("last_full_listing")
+    full_due = (
+        not present or not isinstance(last_full, str) or last_full < iso_now(-FULL_LISTING_EVERY)
+    )
+    if not full_due and total == len(present):
+        emit("debug", f"Garmin counts {total} activities, all known: nothing new")
+        return 0
+    want_new = None if full_due or total < len(present) else total - len(present)
+    new, seen, complete = walk_list(api, store, settings, want_new, total)
+    if complete and len(seen) < total:
+        emit("debug", f"read {len(seen)} of {total} activities; the list moved, reading again")
+        again, seen_again, complete = walk_list(api, store, settings, None, total)
+        new, seen = new + again, seen | seen_again
+    if complete:
+        store.mark_gone(present - seen)
+        store.data["last_full_listing"] = iso_now()
+    return new
+
+
+# ---------------------------------------------------------------------------------------
+# Download: one activity's zip from Garmin to DEST/activity_<id>_<start>.<ext>, checked
+# (member, size, CRC, content) before it is renamed into place.
+
+ORIGINAL_EXTENSIONS = ("fit", "gpx", "tcx")
+MAX_ORIGINAL_BYTES = 64 * 1024 * 1024  # the largest original (after unzipping) we accept
+
+
+class BadArchive(Exception):
+    """The download is not a zip holding one plausible activity file."""
+
+
+def activity_filename(record: dict, ext: str) -> str:
+    """activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<ext>: built from numbers only, never from names."""
+    start = dt.datetime.strptime(record["start_local"], TIME_FORMAT)
+    return f"activity_{int(record['id'])}_{start:%Y-%m-%d_%H-%M-%S}.{ext}"
+
+
+def pick_original(archive: zipfile.ZipFile) -> tuple[zipfile.ZipInfo, str]:
+    """The one activity file in Garmin's zip and its extension; its name is never a path."""
+    candidates = []
+    for info in archive.infolist():
+        ext = info.filename.rsplit(".", 1)[-1].lower() if "." in info.filename else ""
+        if not info.is_dir() and ext in ORIGINAL_EXTENSIONS:
+            candidates.append((info, ext))
+    if len(candidates) != 1:
+        raise BadArchive(f"the zip holds {len(candidates)} .fit/.gpx/.tcx files, expected one")
+    info, ext = candidates[0]
+    if info.file_size > MAX_ORIGINAL_BYTES:
+        raise BadArchive(f"the file in the zip is {info.file_size} bytes, over the size cap")
+    return candidates[0]
+
+
+def plausible_content(ext: str, head: bytes) -> bool:
+    """A FIT file carries '.FIT' at bytes 8-11; GPX and TCX are XML."""
+    if ext == "fit":
+        return len(head) >= 12 and head[8:12] == b".FIT"
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
+
+
+def save_original(dest: Path, record: dict, data: bytes) -> tuple[str, int]:
+    """Unzip the original into DEST atomically; returns (file name, size)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as err:
+        kind = "an empty answer" if not data else f"not a zip ({len(data)} bytes)"
+        raise BadArchive(f"Garmin sent {kind}") from err
+    with archive:
+        info, ext = pick_original(archive)
+        name = activity_filename(record, ext)
+        fd, tmp = tempfile.mkstemp(dir=dest, prefix=TEMP_PREFIX)
+        try:
+            size = copy_member(archive, info, fd, ext)
+            os.replace(tmp, dest / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    fsync_dir(dest)
+    return name, size
+
+
+def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, fd: int, ext: str) -> int:
+    """Copy one member into an open temp file, capped, CRC-checked and fsynced."""
+    size = 0
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o644)
+        try:
+            with archive.open(info) as member:
+                head = member.read(64)
+                if not plausible_content(ext, head):
+                    raise BadArchive(f"the .{ext} file in the zip is not a {ext.upper()} file")
+                out.write(head)
+                size = len(head)
+                while chunk := member.read(1024 * 1024):  # the CRC is checked at the end
+                    size += len(chunk)
+                    if size > MAX_ORIGINAL_BYTES:
+                        raise BadArchive("the file in the zip unpacks past the size cap")
+                    out.write(chunk)
+        except (zipfile.BadZipFile, EOFError, zlib_error()) as err:
+            raise BadArchive(f"the zip is damaged ({err})") from err
+        out.flush()
+        os.fsync(out.fileno())
+    return size
+
+
+def zlib_error() -> type[Exception]:
+    import zlib  # noqa: PLC0415
+
+    return zlib.error
+
+
+def fetch_original(api: GarminAPI, dest: Path, record: dict) -> dict:
+    """Download one activity; returns the manifest fields describing the outcome."""
+    if record.get("manual"):
+        return {"status": "no_file", "error": "manual entry: Garmin keeps no file"}
+    try:
+        data = api.get_bytes(DOWNLOAD_PATH.format(id=int(record["id"])))
+    except NotFound:
+        return {"status": "no_file", "error": "Garmin has no original file (HTTP 404)"}
+    except RequestFailed as err:
+        return {"status": "failed", "error": str(err)}
+    try:
+        name, size = save_original(dest, record, data)
+    except BadArchive as err:
+        return {"status": "failed", "error": str(err)}
+    return {
+        "status": "downloaded",
+        "file": name,
+        "size": size,
+        "downloaded_at": iso_now(),
+        "error": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Manifest: DEST/garminsync.json, what is known of every activity plus the last run. The
+# files on disk are the ground truth; the manifest is rebuilt from them when it cannot be read.
+
+MANIFEST_NAME = "garminsync.json"
+MANIFEST_VERSION = 1
+LOCK_NAME = ".garminsync.lock"
+FILE_PATTERN = re.compile(
+    r"activity_([1-9][0-9]{0,19})_(\d{4}-\d{2}-\d{2})_(\d{2})-(\d{2})-(\d{2})\.(fit|gpx|tcx)"
+)
+STATUSES = ("pending", "downloaded", "no_file", "failed")
+FLUSH_SECONDS, FLUSH_CHANGES = 5.0, 200
+
+
+def iso_now(offset: dt.timedelta = dt.timedelta()) -> str:
+    """The current UTC time (plus an offset) as ISO 8601 seconds with a Z."""
+    now = dt.datetime.now(dt.timezone.utc) + offset
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def files_on_disk(dest: Path) -> dict[int, tuple[str, str, int]]:
+    """Every activity_<id>_<start>.<ext> regular file in DEST: id -> (name, start, size)."""
+    found: dict[int, tuple[str, str, int]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(os.scandir(dest), key=lambda e: e.name):
+            match = FILE_PATTERN.fullmatch(entry.name)
+            if match and entry.is_file(follow_symlinks=False):
+                day, hh, mm, ss = match.group(2, 3, 4, 5)
+                start = f"{day} {hh}:{mm}:{ss}"
+                found.setdefault(int(match.group(1)), (entry.name, start, entry.stat().st_size))
+    return found
+
+
+def clean_entry(key: str, value: Any) -> dict | None:
+    """A manifest entry with the right types, or None when it cannot be one."""
+    if not isinstance(value, dict) or not key.isdigit() or value.get("id") != int(key):
+        return None
+    if parse_start(value.get("start_local")) is None or value.get("status") not in STATUSES:
+        return None
+    entry = {"id": int(key), "start_local": value["start_local"]}
+    for field, kind in (
+        ("start_gmt", str),
+        ("type", str),
+        ("name", str),
+        ("file", str),
+        ("size", int),
+        ("downloaded_at", str),
+        ("error", str),
+        ("gone_since", str),
+    ):
+        entry[field] = value.get(field) if isinstance(value.get(field), kind) else None
+    entry["type"] = entry["type"] or "unknown"
+    entry["name"] = entry["name"] or ""
+    entry["manual"] = value.get("manual") is True
+    entry["status"] = value["status"]
+    return entry
+
+
+def parse_manifest(text: str) -> dict:
+    """The manifest's data from its JSON text; ValueError when it is not a manifest."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("activities"), dict):
+        raise ValueError("not a garminsync manifest")
+    version = data.get("version")
+    if isinstance(version, int) and version > MANIFEST_VERSION:
+        raise Fatal(
+            EXIT_USAGE,
+            f"the manifest was written by a newer garminsync (version "
+            f"{version}); upgrade garminsync.py to use this DEST",
+        )
+    activities = {}
+    for key, value in data["activities"].items():
+        entry = clean_entry(str(key), value)
+        if entry is None:
+            emit("warning", f"manifest entry {str(key)[:40]!r} is malformed; dropped it")
+        else:
+            activities[key] = entry
+    last_run = data.get("last_run") if isinstance(data.get("last_run"), dict) else None
+    full = data.get("last_full_listing")
+    return {
+        "version": MANIFEST_VERSION,
+        "activities": activities,
+        "last_run": last_run,
+        "last_full_listing": full if isinstance(full, str) else None,
+    }
+
+
+class ManifestStore:
+    """The manifest in memory, reconciled with DEST, flushed every few seconds or changes."""
+
+    def __init__(self, dest: Path, writable: bool) -> None:
+        self.dest = dest
+        self.path = dest / MANIFEST_NAME
+        self.writable = writable
+        self.data: dict = {
+            "version": MANIFEST_VERSION,
+            "activities": {},
+            "last_run": None,
+            "last_full_listing": None,
+        }
+        self.changes = 0
+        self.flushed_at = time.monotonic()
+
+    @property
+    def activities(self) -> dict[str, dict]:
+        return self.data["activities"]
+
+    def load(self) -> None:
+        """Read the manifest; one that does not parse is moved aside (never overwritten)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as err:
+            text = f"\0{err}"
+        try:
+            self.data = parse_manifest(text)
+            return
+        except ValueError as err:
+            reason = str(err).split("\n")[0][:80]
+        if not self.writable:
+            emit("warning", f"{self.path} is unreadable ({reason}); showing what is on disk")
+            return
+        aside = self.path.with_name(f"{MANIFEST_NAME}.corrupt-{iso_now().replace(':', '')}")
+        os.replace(self.path, aside)
+        emit(
+            "warning",
+            f"{self.path} is unreadable ({reason}); moved it to {aside.name} "
+            "and rebuilt the manifest from the files",
+        )
+        self.changes += 1
+
+    def adopt_files_on_disk(self) -> None:
+        """Files are the truth: adopt unknown ones, and forget files that vanished."""
+        on_disk = files_on_disk(self.dest)
+        for activity_id, (name, start, size) in on_disk.items():
+            entry = self.activities.get(str(activity_id))
+            if entry is None:
+                entry = {
+                    "id": activity_id,
+                    "start_local": start,
+                    "start_gmt": None,
+                    "type": "unknown",
+                    "name": "",
+                    "manual": False,
+                    "downloaded_at": None,
+                    "gone_since": None,
+                }
+                self.activities[str(activity_id)] = entry
+            if (entry["status"] if "status" in entry else None, entry.get("file")) != (
+                "downloaded",
+                name,
+            ) or entry.get("size") != size:
+                entry.update(status="downloaded", file=name, size=size, error=None)
+                self.changes += 1
+        for key, entry in self.activities.items():
+            if entry["status"] == "downloaded" and int(key) not in on_disk:
+                entry.update(
+                    status="pending", file=None, size=None, error="the file vanished from DEST"
+                )
+                self.changes += 1
+
+    def present_ids(self) -> set[int]:
+        """Activities believed to be on Garmin (not marked gone)."""
+        return {e["id"] for e in self.activities.values() if not e.get("gone_since")}
+
+    def merge_listed(self, record: dict) -> int:
+        """Merge one listed activity; returns 1 if it was not known to be on Garmin."""
+        entry = self.activities.get(str(record["id"]))
+        if entry is None:
+            entry = {
+                **record,
+                "status": "pending",
+                "file": None,
+                "size": None,
+                "downloaded_at": None,
+                "error": None,
+                "gone_since": None,
+            }
+            if record["manual"]:
+                entry.update(status="no_file", error="manual entry: Garmin keeps no file")
+            self.activities[str(record["id"])] = entry
+            self.changes += 1
+            return 1
+        was_gone = bool(entry.get("gone_since"))
+        changed = {k: v for k, v in record.items() if entry.get(k) != v}
+        if changed or was_gone:
+            entry.update(changed, gone_since=None)
+            if record["manual"] and entry["status"] == "pending":
+                entry.update(status="no_file", error="manual entry: Garmin keeps no file")
+            self.changes += 1
+        return 1 if was_gone else 0
+
+    def mark_gone(self, ids: set[int]) -> None:
+        """Activities deleted on Garmin keep their files; they are only marked."""
+        for activity_id in ids:
+            entry = self.activities[str(activity_id)]
+            if not entry.get("gone_since"):
+                entry["gone_since"] = iso_now()
+                self.changes += 1
+        if ids:
+            emit("info", f"{len(ids)} activities are gone from Garmin; their files stay")
+
+    def record(self, activity_id: int, outcome: dict) -> None:
+        self.activities[str(activity_id)].update(outcome)
+        self.changes += 1
+        self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        """Write the manifest atomically when due (every few seconds or changes) or forced."""
+        if not self.writable or not (self.changes or force):
+            return
+        due = self.changes >= FLUSH_CHANGES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+        if force or due:
+            text = json.dumps(self.data, indent=1, sort_keys=True, ensure_ascii=False)
+            atomic_write(self.path, text.encode("utf-8") + b"\n")
+            self.changes, self.flushed_at = 0, time.monotonic()
+
+
+def in_range(entry: dict, settings: Settings) -> bool:
+    """Whether an activity's local start date is within --since/--until."""
+    day = dt.date.fromisoformat(entry["start_local"][:10])
+    return (settings.since is None or day >= settings.since) and (
+        settings.until is None or day <= settings.until
+    )
+
+
+def pending_activities(store: ManifestStore, settings: Settings) -> list[dict]:
+    """Activities to download this run, newest first: not yet saved, still on Garmin."""
+    todo = [
+        entry
+        for entry in store.activities.values()
+        if entry["status"] in ("pending", "failed")
+        and not entry.get("gone_since")
+        and in_range(entry, settings)
+    ]
+    todo.sort(key=lambda e: (e["start_local"], e["id"]), reverse=True)
+    return todo[: settings.limit] if settings.limit is not None else todo
+
+
+# ---------------------------------------------------------------------------------------
+# Command line: parsing, the lock on DEST, and the four actions (--missing, --list,
+# --status, --login) with their exit codes.
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"garminsync: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def iso_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2024-05-31") from None
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="garminsync.py",
+        description="Keep a local copy of the original file of every Garmin Connect activity.",
+        epilog="Exit codes: 0 ok, 1 some failed, 2 usage, 3 login needed, 75 try later.",
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
+        "--missing",
+        dest="action",
+        action="store_const",
+        const="missing",
+        help="download every activity not yet in DEST (the default)",
+    )
+    action.add_argument(
+        "--list",
+        dest="list_filter",
+        choices=("all", "missing", "downloaded"),
+        help="print activities: id, start, type, name, status",
+    )
+    action.add_argument(
+        "--status",
+        dest="action",
+        action="store_const",
+        const="status",
+        help="counts by status, the last run, the session",
+    )
+    action.add_argument(
+        "--login",
+        dest="action",
+        action="store_const",
+        const="login",
+        help="log in interactively (MFA too) and save the session",
+    )
+    parser.add_argument(
+        "--dest", metavar="DIR", help="folder for the files (default $GARMINSYNC_DEST, else ~/fit)"
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="with --list/--status: read the manifest only, no network",
+    )
+    parser.add_argument(
+        "--since",
+        type=iso_date,
+        metavar="YYYY-MM-DD",
+        help="only activities that started on or after this local date",
+    )
+    parser.add_argument(
+        "--until",
+        type=iso_date,
+        metavar="YYYY-MM-DD",
+        help="only activities that started on or before this local date",
+    )
+    parser.add_argument(
+        "--delay",
+        type=seconds,
+        metavar="SECONDS",
+        help="pause between two Garmin requests (default $GARMINSYNC_DELAY or 2)",
+    )
+    parser.add_argument(
+        "--limit", type=positive_int, metavar="N", help="download at most N activities this run"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what --missing would download; write nothing"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="machine-readable output for --list and --status"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--version", action="version", version=f"garminsync {__version__}")
+    return parser
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    """The command line and environment as Settings; usage errors exit 2 with one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    action = "list" if args.list_filter else (args.action or "missing")
+    problems = [
+        (
+            args.offline and action not in ("list", "status"),
+            "--offline goes with --list or --status",
+        ),
+        (args.json and action not in ("list", "status"), "--json goes with --list or --status"),
+        (args.dry_run and action != "missing", "--dry-run goes with --missing"),
+        (args.verbose and args.quiet, "-v and -q exclude each other"),
+        (args.since and args.until and args.since > args.until, "--since is after --until"),
+    ]
+    for bad, message in problems:
+        if bad:
+            parser.error(message)
+    dest = args.dest or os.environ.get("GARMINSYNC_DEST") or "~/fit"
+    return Settings(
+        action=action,
+        list_filter=args.list_filter or "all",
+        dest=Path(dest).expanduser(),
+        offline=args.offline,
+        since=args.since,
+        until=args.until,
+        delay=args.delay
+        if args.delay is not None
+        else env_seconds("GARMINSYNC_DELAY", DEFAULT_DELAY),
+        timeout=env_seconds("GARMINSYNC_TIMEOUT", DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT,
+        limit=args.limit,
+        dry_run=args.dry_run,
+        json=args.json,
+        verbosity=1 if args.verbose else (-1 if args.quiet else 0),
+    )
+
+
+def prepare_dest(dest: Path) -> None:
+    """Create DEST if absent and check it is a writable folder, or exit 2 saying how to fix it."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Fatal(EXIT_USAGE, f"cannot create {dest}: {err.strerror}; pick another --dest")
+    if not dest.is_dir():
+        raise Fatal(EXIT_USAGE, f"{dest} is not a folder; pick another --dest")
+
+
+@contextlib.contextmanager
+def dest_lock(dest: Path):
+    """One run per DEST: an advisory flock on DEST/.garminsync.lock, or exit 75."""
+    path = dest / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        hint = (
+            "it is read-only (under systemd: allow it with `make install DEST=...`)"
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+            else err.strerror
+        )
+        raise Fatal(EXIT_USAGE, f"cannot write in {dest}: {hint}")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Fatal(EXIT_TEMPFAIL, f"another garminsync run holds {path}; try again later")
+        yield
+    finally:
+        os.close(fd)
+
+
+def local_write_error(err: OSError, dest: Path) -> Fatal:
+    """A one-line, actionable error for a failed write in DEST."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return Fatal(
+            EXIT_PARTIAL,
+            f"cannot write in {dest}: {err.strerror} (disk full or file "
+            "size limit); free some space, the next run goes on where this one stopped",
+        )
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return Fatal(EXIT_USAGE, f"cannot write in {dest}: {err.strerror}; make it writable")
+    return Fatal(EXIT_PARTIAL, f"cannot write in {dest}: {err.strerror or err}")
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What --status shows of the last run."""
+
+    started_at: str = dataclasses.field(default_factory=iso_now)
+    began: float = dataclasses.field(default_factory=time.monotonic)
+    result: str = "ok"
+    exit_code: int = EXIT_OK
+    error: str | None = None
+    new: int = 0
+    downloaded: int = 0
+    no_file: int = 0
+    failed: int = 0
+    requests: int = 0
+
+    def as_json(self) -> dict:
+        fields = dataclasses.asdict(self)
+        del fields["began"]
+        fields["finished_at"] = iso_now()
+        fields["duration_s"] = round(time.monotonic() - self.began, 1)
+        return fields
+
+
+def sync(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
+    """Discover new activities, then download what is pending; returns the exit code."""
+    api = GarminAPI(open_seam(settings), settings)
+    try:
+        try:
+            summary.new = discover(api, store, settings)
+        except ListingFailed as err:
+            if not api.reached:
+                raise Fatal(
+                    EXIT_TEMPFAIL,
+                    f"Garmin Connect is unreachable ({err}); the next run tries again",
+                ) from err
+            emit("error", f"{err}; downloading only what was already known")
+            summary.result, summary.error = "listing failed", str(err)
+        store.flush()
+        if settings.action == "missing":
+            download_pending(api, store, settings, summary)
+    finally:
+        summary.requests = api.requests
+    if summary.failed and not api.reached:
+        raise Fatal(EXIT_TEMPFAIL, "Garmin Connect is unreachable; the next run tries again")
+    return EXIT_PARTIAL if summary.failed or summary.error else EXIT_OK
+
+
+def download_pending(
+    api: GarminAPI, store: ManifestStore, settings: Settings, summary: RunSummary
+) -> None:
+    """Download every pending activity (newest first), recording each outcome."""
+    todo = pending_activities(store, settings)
+    if settings.dry_run:
+        for entry in todo:
+            print(f"would download {describe(entry)}")
+        emit("info", f"{len(todo)} activities would be downloaded")
+        return
+    for number, entry in enumerate(todo, 1):
+        progress(f"[{number}/{len(todo)}] activity {describe(entry)}")
+        try:
+            outcome = fetch_original(api, store.dest, entry)
+        except OSError as err:
+            raise local_write_error(err, store.dest) from err
+        store.record(entry["id"], outcome)
+        status = outcome["status"]
+        summary.downloaded += status == "downloaded"
+        summary.no_file += status == "no_file"
+        summary.failed += status == "failed"
+        if status == "downloaded":
+            emit("info", f"saved {outcome['file']} ({outcome['size']} bytes)")
+        elif status == "failed":
+            emit(
+                "warning",
+                f"activity {describe(entry)}: {outcome['error']}; the next run tries again",
+            )
+        else:
+            emit("debug", f"activity {describe(entry)}: {outcome['error']}")
+    clear_progress()
+
+
+def describe(entry: dict) -> str:
+    """'1234 2024-05-01 running' for messages."""
+    return f"{entry['id']} {entry['start_local'][:10]} {entry['type']}"
+
+
+def printable(text: str) -> str:
+    """An activity name on one line: control characters become spaces."""
+    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
+
+
+def cmd_sync(settings: Settings) -> int:
+    """--missing, and the online --list/--status: lock DEST, sync, flush, report."""
+    if settings.dry_run and not settings.dest.is_dir():
+        store = ManifestStore(settings.dest, writable=False)
+        return sync(settings, store, RunSummary())
+    prepare_dest(settings.dest)
+    with dest_lock(settings.dest):
+        store = ManifestStore(settings.dest, writable=not settings.dry_run)
+        if store.writable:
+            remove_stale_temp_files(settings.dest)
+        store.load()
+        store.adopt_files_on_disk()
+        summary = RunSummary()
+        try:
+            code = sync(settings, store, summary)
+        except Fatal as err:
+            summary.result, summary.error, code = "stopped", str(err), err.code
+            raise
+        except Interrupted as stop:
+            summary.result, summary.error = "interrupted", signal.Signals(stop.signum).name
+            code = EXIT_SIGNAL_BASE + stop.signum
+            raise
+        except OSError as err:
+            failure = local_write_error(err, settings.dest)
+            summary.result, summary.error, code = "stopped", str(failure), failure.code
+            raise failure from err
+        finally:
+            summary.exit_code = code if "code" in locals() else EXIT_PARTIAL
+            if settings.action == "missing":
+                store.data["last_run"] = summary.as_json()
+            try:
+                store.flush(force=True)
+            except OSError as err:
+                emit("error", f"could not save the manifest: {err.strerror}; the files are safe")
+    if settings.action == "missing":
+        report(summary, store)
+        return code
+    show = show_list if settings.action == "list" else show_status
+    show(settings, store)
+    return code
+
+
+def report(summary: RunSummary, store: ManifestStore) -> None:
+    """The closing line of a sync."""
+    total = sum(1 for e in store.activities.values() if e["status"] == "downloaded")
+    emit(
+        "info" if not summary.failed else "warning",
+        f"{summary.downloaded} downloaded, {summary.no_file} without file, "
+        f"{summary.failed} failed; {total} files in {store.dest}",
+    )
+
+
+def view_store(settings: Settings) -> ManifestStore:
+    """The manifest as --offline sees it: read-only, reconciled with DEST in memory."""
+    store = ManifestStore(settings.dest, writable=False)
+    store.load()
+    store.adopt_files_on_disk()
+    return store
+
+
+def show_list(settings: Settings, store: ManifestStore) -> None:
+    """Print the activities that match --list and --since/--until."""
+    wanted = {"all": STATUSES, "downloaded": ("downloaded",), "missing": ("pending", "failed")}[
+        settings.list_filter
+    ]
+    rows = sorted(
+        (e for e in store.activities.values() if e["status"] in wanted and in_range(e, settings)),
+        key=lambda e: (e["start_local"], e["id"]),
+        reverse=True,
+    )
+    if settings.json:
+        json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
+        print()
+        return
+    for e in rows:
+        status = e["status"] + (" (gone from Garmin)" if e.get("gone_since") else "")
+        print(
+            f"{e['id']:>12}  {e['start_local']}  {e['type'][:20]:<20}  "
+            f"{printable(e['name'])[:40]:<40}  {status}"
+        )
+
+
+def show_status(settings: Settings, store: ManifestStore) -> None:
+    """Print counts by status, the last run and the session."""
+    counts = {status: 0 for status in STATUSES}
+    for entry in store.activities.values():
+        counts[entry["status"]] += 1
+    gone = sum(1 for e in store.activities.values() if e.get("gone_since"))
+    status = {
+        "dest": str(store.dest),
+        "counts": counts,
+        "gone_from_garmin": gone,
+        "last_run": store.data.get("last_run"),
+        "token_store": str(token_file()),
+        "session_saved": session_saved(),
+    }
+    if settings.json:
+        json.dump(status, sys.stdout, indent=1)
+        print()
+        return
+    last = status["last_run"] or {}
+    print(f"dest:      {store.dest}")
+    print(
+        f"activities: {len(store.activities)} known: "
+        + ", ".join(f"{n} {s.replace('pending', 'missing')}" for s, n in counts.items())
+        + f"; {gone} gone from Garmin"
+    )
+    if last:
+        print(
+            f"last run:  {last.get('finished_at')}, {last.get('result')} (exit "
+            f"{last.get('exit_code')}), {last.get('duration_s')} s, "
+            f"{last.get('downloaded')} downloaded"
+            + (f", error: {last['error']}" if last.get("error") else "")
+        )
+    else:
+        print("last run:  none")
+    print(f"session:   {'saved' if status['session_saved'] else 'none'} in {token_file()}")
+
+
+def cmd_login(settings: Settings) -> int:
+    """--login: prompt for what is missing (and the MFA code), then save the session."""
+    login(interactive=True)
+    print(f"logged in; next: python garminsync.py --missing --dest {settings.dest}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        setup_output(settings.verbosity)
+        signal.signal(signal.SIGTERM, on_stop_signal)
+        signal.signal(signal.SIGINT, on_stop_signal)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit becomes EFBIG
+        if settings.action == "login":
+            return cmd_login(settings)
+        if settings.offline:
+            store = view_store(settings)
+            (show_list if settings.action == "list" else show_status)(settings, store)
+            return EXIT_OK
+        return cmd_sync(settings)
+    except Fatal as err:
+        emit("error", str(err))
+        return err.code
+    except Interrupted as stop:
+        emit(
+            "warning",
+            f"stopped by {signal.Signals(stop.signum).name}; the files saved so far "
+            "are complete, the next run goes on",
+        )
+        return EXIT_SIGNAL_BASE + stop.signum
+    except Exception as err:
+        if verbose:
+            emit("error", traceback.format_exc())
+        emit(
+            "error",
+            f"unexpected {err.__class__.__name__}: {str(err)[:200]} "
+            "(run with -v for details, and please report it)",
+        )
+        return EXIT_PARTIAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
