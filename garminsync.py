@@ -480,6 +480,8 @@ def login(interactive: bool) -> str:
         raise Fatal(EXIT_AUTH, f"Garmin refused the login ({err}); check the email and password")
     except GarminConnectTooManyRequestsError:
         raise Fatal(EXIT_TEMPFAIL, "Garmin is rate limiting logins; try again in an hour")
+    except Fatal:
+        raise
     except Exception as err:
         raise Fatal(EXIT_TEMPFAIL, f"login failed, Garmin Connect unreachable? ({err})")
     tokens = client.dumps()

@@ -24,6 +24,7 @@ import random
 import re
 import secrets
 import socket
+import socketserver
 import ssl
 import struct
 import threading
@@ -202,7 +203,6 @@ def zip_of(member_name: str, data: bytes) -> bytes:
 
 _FIT_CRC_TABLE = (0x0000, 0xCC01, 0xD801, 0x1400, 0xF001, 0x3C00, 0x2800, 0xE401,
                   0xA001, 0x6C00, 0x7800, 0xB401, 0x5000, 0x9C01, 0x8801, 0x4400)  # fmt: skip
-_FIT_EPOCH = 631065600  # 1989-12-31T00:00:00Z in Unix seconds
 
 
 def fit_crc(data: bytes, crc: int = 0) -> int:
@@ -231,11 +231,13 @@ def synthetic_fit(activity_id: int, records: int | None = None) -> bytes:
         data += bytes([0x01]) + struct.pack("<IBI", t0 + i, rnd.randint(90, 180), i * 280)
     header = struct.pack("<BBHI4s", 14, 0x20, 2132, len(data), b".FIT")
     header += struct.pack("<H", fit_crc(header))
-    body = header + bytes(data)
-    return body + struct.pack("<H", fit_crc(body))
+    content = header + bytes(data)
+    return content + struct.pack("<H", fit_crc(content))
 
 
-def gpx_document(start_utc: datetime, points: int = 30, lat: float = 46.5, lon: float = 7.9) -> bytes:
+def gpx_document(
+    start_utc: datetime, points: int = 30, lat: float = 46.5, lon: float = 7.9
+) -> bytes:
     """A small valid GPX 1.1 track starting at `start_utc` (naive = UTC)."""
     stamp = "%Y-%m-%dT%H:%M:%SZ"
     pts = "\n".join(
@@ -375,6 +377,11 @@ class _ProxyServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for idle keep-alive connections
     fake: FakeGarmin
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse-DNS lookup of the address."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Client-side aborts are expected in fault tests; stay quiet."""
@@ -641,28 +648,31 @@ class FakeGarmin:
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         req = Request(h.tunnel_host, h.command, url.path, query, h.headers, _read_body(h))
         if self.on_request is not None:
-            self.on_request(req.host, req.path, req.query)
+            try:
+                self.on_request(req.host, req.path, req.query)
+            except Exception as err:  # a bug in the test's hook: report it, carry on
+                with self._lock:
+                    self.errors.append(f"on_request hook: {err!r}")
         auth_ok = self._auth_ok(req)
         fault = self._take_fault(req)
         entry = LogEntry(time.time(), req.host, req.method, req.path, query, None, 0, auth_ok)
         entry.fault = fault.kind if fault else None
-        try:
-            if fault is not None and fault.kind == "reset":
-                h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                h.close_connection = True
-                h.connection.close()
-                return
-            if fault is not None and fault.kind in ("status", "body"):
-                reply = Reply(fault.status, fault.body, fault.content_type or "", fault.headers)
-                if not reply.content_type:
-                    looks_json = fault.body.lstrip()[:1] in (b"{", b"[")
-                    reply.content_type = "application/json" if looks_json else "text/html"
-            else:
-                reply = self._app_safely(req)
-            entry.status = reply.status
-            self._send(h, reply, fault, entry)
-        finally:
-            self._record(entry)
+        self._record(entry)  # logged before answering, so a client never outruns the log
+        if fault is not None and fault.kind == "reset":
+            linger = struct.pack("ii", 1, 0)
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            h.close_connection = True
+            h.connection.close()
+            return
+        if fault is not None and fault.kind in ("status", "body"):
+            reply = Reply(fault.status, fault.body, fault.content_type or "", fault.headers)
+            if not reply.content_type:
+                looks_json = fault.body.lstrip()[:1] in (b"{", b"[")
+                reply.content_type = "application/json" if looks_json else "text/html"
+        else:
+            reply = self._app_safely(req)
+        entry.status = reply.status
+        self._send(h, reply, fault, entry)
 
     def _app_safely(self, req: Request) -> Reply:
         try:
@@ -698,30 +708,31 @@ class FakeGarmin:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         payload = b"" if h.command == "HEAD" else reply.body
         try:
-            h.wfile.write(head)
-            entry.bytes_sent += len(head)
+            self._write(h, head, entry)
             if fault and fault.kind == "cut":
-                part = payload[: int(len(payload) * fault.fraction)]
-                h.wfile.write(part)
-                entry.bytes_sent += len(part)
+                self._write(h, payload[: int(len(payload) * fault.fraction)], entry)
                 h.close_connection = True
             elif fault and fault.kind == "trickle":
                 self._trickle(h, payload, fault.rate, entry)
             else:
-                h.wfile.write(payload)
-                entry.bytes_sent += len(payload)
+                self._write(h, payload, entry)
         except OSError:
             h.close_connection = True
+
+    @staticmethod
+    def _write(h: _TunnelHandler, data: bytes, entry: LogEntry) -> None:
+        entry.bytes_sent += len(data)  # counted first: the client may read before we return
+        h.wfile.write(data)
 
     def _trickle(self, h: _TunnelHandler, payload: bytes, rate: float, entry: LogEntry) -> None:
         step = max(1, int(rate / 20))
         for i in range(0, len(payload), step):
+            if i:
+                time.sleep(step / rate)
             if self._stopping.is_set():
                 h.close_connection = True
                 return
-            h.wfile.write(payload[i : i + step])
-            entry.bytes_sent += len(payload[i : i + step])
-            time.sleep(step / rate)
+            self._write(h, payload[i : i + step], entry)
 
     # -- the services
 
@@ -920,18 +931,18 @@ class FakeGarmin:
 
 # (file under fit/, activityId, session start UTC, hours east of UTC, typeKey) per fit/README.md
 REAL_FIT = (
-    ("12129115726_ACTIVITY.fit", 12129115726, datetime(2023, 9, 29, 0, 10, 57), -4, "running"),
-    ("20170518-191602-1740899583.fit", 1740899583, datetime(2017, 5, 18, 16, 37, 30), -4, "running"),
-    ("garmin-fenix-5-run.fit", 1761234567, datetime(2017, 6, 11, 14, 34, 9), 2, "running"),
-    ("garmin-edge-820-bike.fit", 1763456789, datetime(2017, 6, 12, 16, 10, 15), 2, "road_biking"),
-    ("2013-02-06-12-11-14.fit", 270412345, datetime(2013, 2, 6, 12, 11, 14), 0, "running"),
-    ("activity-small-fenix2-run.fit", 870123456, datetime(2015, 8, 15, 14, 45, 8), 2, "running"),
-)  # fmt: skip
+    ("12129115726_ACTIVITY.fit", 12129115726, "2023-09-29 00:10:57", -4, "running"),
+    ("20170518-191602-1740899583.fit", 1740899583, "2017-05-18 16:37:30", -4, "running"),
+    ("garmin-fenix-5-run.fit", 1761234567, "2017-06-11 14:34:09", 2, "running"),
+    ("garmin-edge-820-bike.fit", 1763456789, "2017-06-12 16:10:15", 2, "road_biking"),
+    ("2013-02-06-12-11-14.fit", 270412345, "2013-02-06 12:11:14", 0, "running"),
+    ("activity-small-fenix2-run.fit", 870123456, "2015-08-15 14:45:08", 2, "running"),
+)
 # (file under tcx/, activityId, local start, hours east of UTC) per tcx/README.md
 REAL_TCX = (
-    ("activity_196389836_2012-07-03_22-31-14.tcx", 196389836, datetime(2012, 7, 3, 22, 31, 14), 0),
-    ("activity_196389845_2012-07-06_14-52-10.tcx", 196389845, datetime(2012, 7, 6, 14, 52, 10), -4),
-)  # fmt: skip
+    ("activity_196389836_2012-07-03_22-31-14.tcx", 196389836, "2012-07-03 22:31:14", 0),
+    ("activity_196389845_2012-07-06_14-52-10.tcx", 196389845, "2012-07-06 14:52:10", -4),
+)
 GPX_ID, GPX_START_UTC = 2634567890, datetime(2018, 4, 21, 8, 15, 0)
 MANUAL_ID, MANUAL_START_LOCAL = 3345678901, datetime(2019, 1, 15, 18, 30, 0)
 
@@ -939,19 +950,21 @@ MANUAL_ID, MANUAL_START_LOCAL = 3345678901, datetime(2019, 1, 15, 18, 30, 0)
 def load_real_account(fake: FakeGarmin, fixtures: Path) -> list[int]:
     """Load 6 real FIT, 2 TCX, 1 GPX and 1 manual activity; return ids, newest first."""
     for name, aid, start_utc, offset, kind in REAL_FIT:
-        local = start_utc + timedelta(hours=offset)
+        local = datetime.fromisoformat(start_utc) + timedelta(hours=offset)
         act = make_activity(aid, local, kind, gmt_offset_hours=offset)
         fake.add_activity(act, (fixtures / "fit" / name).read_bytes(), "fit")
     for name, aid, local, offset in REAL_TCX:
-        act = make_activity(aid, local, "running", gmt_offset_hours=offset)
+        start = datetime.fromisoformat(local)
+        act = make_activity(aid, start, "running", gmt_offset_hours=offset)
         fake.add_activity(act, (fixtures / "tcx" / name).read_bytes(), "tcx")
     gpx_local = GPX_START_UTC + timedelta(hours=2)
     hike = make_activity(GPX_ID, gpx_local, "hiking", name="Eiger trail", gmt_offset_hours=2)
     fake.add_activity(hike, gpx_document(GPX_START_UTC), "gpx")
     gym = make_activity(MANUAL_ID, MANUAL_START_LOCAL, "strength_training", manual=True)
     fake.add_activity(gym, None)
-    acts = sorted(fake.activities, key=_sort_key, reverse=True)
-    return [a["activityId"] for a in acts]
+    added = {aid for _, aid, *_ in REAL_FIT + REAL_TCX} | {GPX_ID, MANUAL_ID}
+    acts = sorted((a for a in fake.activities if a["activityId"] in added), key=_sort_key)
+    return [a["activityId"] for a in reversed(acts)]
 
 
 def add_many_activities(

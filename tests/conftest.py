@@ -1,0 +1,181 @@
+"""Shared fixtures: a fake Garmin Connect behind a local HTTPS proxy, and a way to run the CLI.
+
+Tests run `garminsync.py` as a subprocess whose environment points `HTTPS_PROXY` at the fake
+and trusts only the fake's CA, so nothing reaches the real internet and nothing is patched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from fake_garmin import FakeGarmin, add_many_activities, load_real_account, zip_of
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "garminsync.py"
+SHARED = REPO.parent / "shared" / "fixtures"
+
+# Variables that could change the script's behaviour or route traffic past the fake.
+_DROPPED_PREFIXES = ("GARMIN", "GARTH_", "XDG_")
+_DROPPED = {
+    "CREDENTIALS_DIRECTORY",
+    "JOURNAL_STREAM",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_DIR",
+    "PYTHONPATH",
+}
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """The test CA that issues the fake's certificate."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_bundle(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CA certificate as a PEM file, the only trust anchor a client needs."""
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def garmin(ca: trustme.CA) -> Iterator[FakeGarmin]:
+    """A started fake Garmin Connect; fails the test at teardown if the fake itself broke."""
+    fake = FakeGarmin(ca).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+    assert not fake.errors, f"fake_garmin internal errors: {fake.errors}"
+
+
+@pytest.fixture
+def real_account(garmin: FakeGarmin) -> list[int]:
+    """6 real FIT, 2 TCX, 1 GPX original and 1 manual activity; their ids, newest first."""
+    return load_real_account(garmin, SHARED)
+
+
+@pytest.fixture
+def many_activities(garmin: FakeGarmin) -> Callable[..., list[int]]:
+    """Factory: `many_activities(n, **kw)` adds n synthetic FIT activities, ids newest first."""
+
+    def add(n: int, **kwargs: Any) -> list[int]:
+        return add_many_activities(garmin, n, **kwargs)
+
+    return add
+
+
+@pytest.fixture(name="zip_of")
+def zip_of_fixture() -> Callable[[str, bytes], bytes]:
+    """`zip_of(member_name, data)`: a one-member deflated zip (also importable from fake_garmin)."""
+    return zip_of
+
+
+def _clean_environ() -> dict[str, str]:
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)
+    }
+
+
+@pytest.fixture
+def bare_env(garmin: FakeGarmin, ca_bundle: Path, tmp_path: Path) -> dict[str, str]:
+    """Subprocess environment routed through the fake, with no saved session."""
+    env = _clean_environ()
+    state = tmp_path / "state"
+    proxy = garmin.proxy_url
+    env.update(
+        HOME=str(tmp_path),
+        XDG_STATE_HOME=str(state),
+        GARMINTOKENS=str(state / "garminsync"),
+        HTTPS_PROXY=proxy,
+        https_proxy=proxy,
+        HTTP_PROXY=proxy,
+        http_proxy=proxy,
+        ALL_PROXY=proxy,
+        all_proxy=proxy,
+        REQUESTS_CA_BUNDLE=str(ca_bundle),
+        SSL_CERT_FILE=str(ca_bundle),
+        CURL_CA_BUNDLE=str(ca_bundle),
+        GARMINSYNC_DELAY="0",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+@pytest.fixture
+def session_saved(garmin: FakeGarmin, bare_env: dict[str, str]) -> Path:
+    """Valid tokens saved in $GARMINTOKENS/garmin_tokens.json; returns that file."""
+    return garmin.seed_tokens(bare_env["GARMINTOKENS"])
+
+
+@pytest.fixture
+def env(bare_env: dict[str, str], session_saved: Path) -> dict[str, str]:
+    """`bare_env` plus a saved session: the usual environment for a run."""
+    return bare_env
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    """Where downloads go (tmp/fit); not created, so the script must create it."""
+    return tmp_path / "fit"
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch, bare_env: dict[str, str]) -> dict[str, str]:
+    """Put `bare_env`'s proxy and CA variables into this process, for in-process clients."""
+    for key in list(os.environ):
+        if key in _DROPPED or key.startswith(_DROPPED_PREFIXES):
+            monkeypatch.delenv(key)
+    for key in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "REQUESTS_CA_BUNDLE",
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+    ):
+        monkeypatch.setenv(key, bare_env[key])
+    return bare_env
+
+
+@pytest.fixture
+def run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
+    """`run(*args, env=None, input=None, timeout=60)`: run garminsync.py, capture text output.
+
+    Without `env` the `env` fixture (with a saved session) is used.
+    """
+
+    def run_script(
+        *args: str | os.PathLike[str],
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        if env is None:
+            env = request.getfixturevalue("env")
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *map(str, args)],
+            env=env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    return run_script
