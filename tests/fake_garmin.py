@@ -315,9 +315,9 @@ def cut(fraction: float = 0.5) -> Fault:
     return Fault("cut", fraction=fraction)
 
 
-def reset() -> Fault:
-    """Abort the connection with a TCP RST before answering."""
-    return Fault("reset")
+def reset(fraction: float | None = None) -> Fault:
+    """Abort the connection with a TCP RST: before answering, or after part of the body."""
+    return Fault("reset", fraction=-1.0 if fraction is None else fraction)
 
 
 def trickle(bytes_per_sec: float) -> Fault:
@@ -400,7 +400,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def do_CONNECT(self) -> None:
         host, _, port = self.path.rpartition(":")
         fake = self.server.fake
-        if host not in KNOWN_HOSTS or port != "443":
+        if host not in KNOWN_HOSTS or host in fake.unreachable or port != "443":
             self._refuse(host)
             return
         self.send_response(200, "Connection Established")
@@ -473,6 +473,7 @@ class FakeGarmin:
         self.refresh_token = secrets.token_urlsafe(32)
         self.access_expired = False
         self.on_request: Callable[[str, str, dict[str, str]], None] | None = None
+        self.unreachable: set[str] = set()  # hosts the proxy answers 502 for, like a DNS failure
         self.log: list[LogEntry] = []
         self.errors: list[str] = []  # exceptions inside the fake itself (bugs, not faults)
         self._rules: list[_Rule] = []
@@ -658,11 +659,8 @@ class FakeGarmin:
         entry = LogEntry(time.time(), req.host, req.method, req.path, query, None, 0, auth_ok)
         entry.fault = fault.kind if fault else None
         self._record(entry)  # logged before answering, so a client never outruns the log
-        if fault is not None and fault.kind == "reset":
-            linger = struct.pack("ii", 1, 0)
-            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-            h.close_connection = True
-            h.connection.close()
+        if fault is not None and fault.kind == "reset" and fault.fraction < 0:
+            self._reset(h)
             return
         if fault is not None and fault.kind in ("status", "body"):
             reply = Reply(fault.status, fault.body, fault.content_type or "", fault.headers)
@@ -709,15 +707,26 @@ class FakeGarmin:
         payload = b"" if h.command == "HEAD" else reply.body
         try:
             self._write(h, head, entry)
-            if fault and fault.kind == "cut":
+            if fault and fault.kind in ("cut", "reset"):
                 self._write(h, payload[: int(len(payload) * fault.fraction)], entry)
                 h.close_connection = True
+                if fault.kind == "reset":
+                    h.wfile.flush()
+                    self._reset(h)
             elif fault and fault.kind == "trickle":
                 self._trickle(h, payload, fault.rate, entry)
             else:
                 self._write(h, payload, entry)
         except OSError:
             h.close_connection = True
+
+    @staticmethod
+    def _reset(h: _TunnelHandler) -> None:
+        """Close the tunnel's socket with an RST (SO_LINGER 0) instead of a FIN."""
+        linger = struct.pack("ii", 1, 0)
+        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        h.close_connection = True
+        h.connection.close()
 
     @staticmethod
     def _write(h: _TunnelHandler, data: bytes, entry: LogEntry) -> None:
