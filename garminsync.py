@@ -689,7 +689,7 @@ def activity_record(raw: Any) -> dict | None:
         with contextlib.suppress(OverflowError, OSError, ValueError):
             start = dt.datetime.fromtimestamp(raw["beginTimestamp"] / 1000, dt.timezone.utc)
             start = start.replace(tzinfo=None)
-    if start is None:
+    if start is None or start.year < 1970:
         return None
     gmt = parse_start(raw.get("startTimeGMT"))
     kind = raw.get("activityType")

@@ -179,3 +179,11 @@ def run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
         )
 
     return run_script
+
+
+@pytest.fixture
+def seed() -> int:
+    """The seed of a randomised test: $FAULT_SEED, else a fresh one; printed to reproduce."""
+    value = int(os.environ.get("FAULT_SEED") or int.from_bytes(os.urandom(4), "big"))
+    print(f"seed {value}: reproduce with FAULT_SEED={value}")
+    return value

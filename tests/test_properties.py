@@ -1,0 +1,98 @@
+"""Property tests (issue 3) for the pure pieces of garminsync.py, imported as a module:
+file names are always plain names inside DEST, and adopting files from disk into the
+manifest is idempotent and never loses an entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from conftest import SCRIPT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+spec = importlib.util.spec_from_file_location("garminsync", SCRIPT)
+garminsync = importlib.util.module_from_spec(spec)
+sys.modules["garminsync"] = garminsync
+spec.loader.exec_module(garminsync)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+timestamps = st.datetimes().map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S"))
+activity_json = st.fixed_dictionaries(
+    {},
+    optional={
+        "activityId": st.integers() | st.text() | st.none() | st.integers(1, 10**19).map(str),
+        "startTimeLocal": timestamps | st.text() | st.none() | st.integers(),
+        "startTimeGMT": timestamps | st.text() | st.none(),
+        "beginTimestamp": st.integers() | st.floats(allow_nan=False) | st.none(),
+        "activityName": st.text() | st.none() | st.integers(),
+        "activityType": st.dictionaries(st.text(), json_values) | st.none() | st.text(),
+        "manualActivity": json_values,
+    },
+)
+
+
+@given(activity_json, st.sampled_from(garminsync.ORIGINAL_EXTENSIONS))
+@settings(max_examples=400, deadline=None)
+def test_any_activity_json_yields_a_plain_file_name_inside_dest(raw, ext):
+    record = garminsync.activity_record(raw)
+    if record is None:
+        return
+    name = garminsync.activity_filename(record, ext)
+    dest = Path("/data/fit")
+    assert "/" not in name and "\0" not in name and not name.startswith(".")
+    assert (dest / name).parent == dest
+    assert garminsync.FILE_PATTERN.fullmatch(name)
+
+
+# start times as garminsync writes them (it rejects years before 1970 as malformed)
+written = st.datetimes(min_value=datetime(1970, 1, 1)).map(
+    lambda d: d.strftime("%Y-%m-%d %H:%M:%S")
+)
+entries = st.dictionaries(
+    st.integers(1, 10**12).map(str),
+    st.fixed_dictionaries(
+        {
+            "start_local": written,
+            "status": st.sampled_from(garminsync.STATUSES),
+            "file": st.none() | st.text(max_size=20),
+            "gone_since": st.none() | st.just("2024-01-01T00:00:00Z"),
+            "name": st.text(max_size=10),
+        }
+    ),
+    max_size=12,
+)
+disk_files = st.dictionaries(
+    st.integers(1, 10**12),
+    st.tuples(written, st.sampled_from(garminsync.ORIGINAL_EXTENSIONS)),
+    max_size=12,
+)
+
+
+@given(entries, disk_files)
+@settings(max_examples=150, deadline=None)
+def test_adopting_files_is_idempotent_and_never_loses_an_entry(known, on_disk):
+    with tempfile.TemporaryDirectory() as directory:
+        dest = Path(directory)
+        for activity_id, (start, ext) in on_disk.items():
+            record = {"id": activity_id, "start_local": start}
+            (dest / garminsync.activity_filename(record, ext)).write_bytes(b"x")
+        store = garminsync.ManifestStore(dest, writable=False)
+        for key, entry in known.items():
+            store.activities[key] = {**entry, "id": int(key), "type": "unknown", "size": None}
+        store.adopt_files_on_disk()
+        once = copy.deepcopy(store.data)
+        store.adopt_files_on_disk()
+        assert store.data == once
+        assert set(known) | {str(i) for i in on_disk} == set(store.activities)
+        for key, entry in store.activities.items():
+            assert (entry["status"] == "downloaded") == (int(key) in on_disk)
