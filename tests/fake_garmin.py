@@ -706,17 +706,18 @@ class FakeGarmin:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         payload = b"" if h.command == "HEAD" else reply.body
         try:
+            if not fault or fault.kind not in ("cut", "reset", "trickle"):
+                self._write(h, head + payload, entry)  # one write: no Nagle/delayed-ACK stall
+                return
             self._write(h, head, entry)
-            if fault and fault.kind in ("cut", "reset"):
-                self._write(h, payload[: int(len(payload) * fault.fraction)], entry)
-                h.close_connection = True
-                if fault.kind == "reset":
-                    h.wfile.flush()
-                    self._reset(h)
-            elif fault and fault.kind == "trickle":
+            if fault.kind == "trickle":
                 self._trickle(h, payload, fault.rate, entry)
-            else:
-                self._write(h, payload, entry)
+                return
+            self._write(h, payload[: int(len(payload) * fault.fraction)], entry)
+            h.close_connection = True
+            if fault.kind == "reset":
+                h.wfile.flush()
+                self._reset(h)
         except OSError:
             h.close_connection = True
 
