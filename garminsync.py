@@ -215,6 +215,8 @@ class Settings:
     dry_run: bool = False
     json: bool = False
     verbosity: int = 0
+    strava: bool = False
+    strava_since: dt.date | None = None
 
 
 def env_seconds(name: str, default: float) -> float:
@@ -247,8 +249,8 @@ def token_file() -> Path:
     return token_store() / "garmin_tokens.json"
 
 
-def netrc_credentials() -> tuple[str | None, str | None]:
-    """Login and password of the first Garmin machine in ~/.netrc (warns if others can read it)."""
+def netrc_credentials(machines: tuple[str, ...] = NETRC_MACHINES) -> tuple[str | None, str | None]:
+    """Login and password of the first of these machines in ~/.netrc (warns if loose)."""
     path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
     if not path.is_file():
         return None, None
@@ -259,7 +261,7 @@ def netrc_credentials() -> tuple[str | None, str | None]:
     except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as err:
         emit("warning", f"cannot read {path}: {err}; ignoring it")
         return None, None
-    for machine in NETRC_MACHINES:
+    for machine in machines:
         entry = parsed.authenticators(machine)
         if entry:
             return entry[0] or None, entry[2] or None
@@ -366,8 +368,12 @@ def read_saved_tokens() -> str | None:
 
 
 def save_tokens(text: str) -> None:
-    """Store the session atomically: directory 0700, file 0600."""
-    path = token_file()
+    """Store the Garmin session atomically."""
+    save_in_token_store(token_file(), text)
+
+
+def save_in_token_store(path: Path, text: str) -> None:
+    """Write a secret file atomically: directory 0700, file 0600."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(OSError):
         os.chmod(path.parent, 0o700)
@@ -432,6 +438,10 @@ def garminconnect_seam(tokens: str, timeout: float) -> Seam:
         client.loads(tokens)
     except Exception:
         raise Fatal(EXIT_AUTH, f"the saved session in {token_file()} is unusable; {LOGIN_HINT}")
+    # garminconnect opens a new HTTPS connection per request; one kept-alive connection for the
+    # whole run spares Garmin (and us) a TLS handshake per activity.
+    session = client._fresh_api_session()
+    client._fresh_api_session = lambda: session
     return Seam(client, {"timeout": (10, min(30.0, timeout))}, client.dumps, save_tokens)
 
 
@@ -1151,6 +1161,401 @@ def pending_activities(store: ManifestStore, settings: Settings) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------
+# Strava (optional): upload downloaded originals once each, with OAuth tokens kept beside
+# the Garmin session, Strava's rate limits read from every answer, duplicates not retried.
+
+STRAVA = "https://www.strava.com"
+STRAVA_REDIRECT = "http://localhost:9321/"
+STRAVA_SCOPE = "activity:write,activity:read_all"
+STRAVA_POLL_FOR = 60.0  # seconds to wait for Strava to process one upload, then next run
+STRAVA_RESERVE = 5  # requests left unused in every rate-limit window
+STRAVA_ATTEMPTS = 3  # uploads Strava rejected are tried this often in all
+STRAVA_LOGIN_HINT = "run `python garminsync.py --strava-login` once"
+DUPLICATE = re.compile(r"duplicate of\D*?(\d+)", re.I)
+
+
+def strava_app() -> tuple[str, str]:
+    """Client id and secret of the user's Strava API application, or exit 3 saying where."""
+    client_id = os.environ.get("STRAVA_CLIENT_ID") or None
+    secret = os.environ.get("STRAVA_CLIENT_SECRET") or None
+    if not (client_id and secret):
+        n_id, n_secret = netrc_credentials(("www.strava.com",))
+        client_id, secret = client_id or n_id, secret or n_secret
+    client_id = client_id or systemd_credential("strava_client_id")
+    secret = secret or systemd_credential("strava_client_secret")
+    if not (client_id and secret):
+        raise Fatal(
+            EXIT_AUTH,
+            "no Strava client id/secret: set STRAVA_CLIENT_ID and "
+            "STRAVA_CLIENT_SECRET, or ~/.netrc machine www.strava.com (see README)",
+        )
+    add_secret(secret)
+    return client_id, secret
+
+
+def strava_token_file() -> Path:
+    return token_store() / "strava_tokens.json"
+
+
+def save_strava_tokens(answer: dict) -> dict:
+    """Keep what a token answer says, atomically and 0600, before the tokens are used."""
+    tokens = {key: answer.get(key) for key in ("access_token", "refresh_token", "expires_at")}
+    if not all(isinstance(v, (str, int)) and v for v in tokens.values()):
+        raise Fatal(EXIT_AUTH, f"Strava's token answer is incomplete; {STRAVA_LOGIN_HINT}")
+    for key in ("access_token", "refresh_token"):
+        add_secret(tokens[key])
+    save_in_token_store(strava_token_file(), json.dumps(tokens))
+    return tokens
+
+
+def load_strava_tokens() -> dict:
+    """The saved Strava tokens, or exit 3 asking for --strava-login."""
+    try:
+        tokens = json.loads(strava_token_file().read_text(encoding="utf-8"))
+        for key in ("access_token", "refresh_token"):
+            add_secret(tokens[key])
+        return tokens
+    except (OSError, ValueError, KeyError, TypeError):
+        raise Fatal(EXIT_AUTH, f"no usable Strava authorisation; {STRAVA_LOGIN_HINT}")
+
+
+def multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with text fields and one file; returns (body, type)."""
+    boundary = f"garminsync-{os.urandom(12).hex()}"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename='
+        f'"{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class StravaAPI:
+    """Strava's three endpoints over urllib, with token refresh and rate-limit accounting."""
+
+    def __init__(self, timeout: float, tokens: dict) -> None:
+        self.app = strava_app()
+        self.tokens = tokens
+        self.timeout = timeout
+        self.requests = 0
+        self.left: dict[str, int] = {}  # remaining requests per window, from the headers
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        auth: bool = True,
+    ) -> dict:
+        """One request; JSON answer. 401 refreshes once; 429 or an exhausted window stops."""
+        import urllib.error  # noqa: PLC0415 (only Strava runs need urllib)
+        import urllib.request  # noqa: PLC0415
+
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        for attempt in (1, 2):
+            if auth:
+                headers["Authorization"] = f"Bearer {self.access_token()}"
+            request = urllib.request.Request(STRAVA + path, body, headers, method=method)
+            self.requests += 1
+            emit("debug", f"Strava {method} {path}")
+            try:
+                with (
+                    time_budget(self.timeout),
+                    urllib.request.urlopen(request, timeout=min(30.0, self.timeout)) as answer,
+                ):
+                    self.read_limits(answer.headers)
+                    return json.loads(answer.read() or b"{}")
+            except urllib.error.HTTPError as err:
+                self.read_limits(err.headers)
+                if err.code == 401 and auth and attempt == 1:
+                    self.refresh()
+                    continue
+                if err.code == 401 or (err.code == 400 and not auth):
+                    raise Fatal(
+                        EXIT_AUTH,
+                        f"Strava refused the authorisation (HTTP {err.code}); {STRAVA_LOGIN_HINT}",
+                    )
+                if err.code == 429:
+                    raise Fatal(
+                        EXIT_TEMPFAIL,
+                        "Strava is rate limiting (HTTP 429); "
+                        "everything so far is recorded, the next run goes on",
+                    )
+                raise RequestFailed(f"Strava answered HTTP {err.code}")
+            except (OSError, ValueError, Deadline) as err:
+                raise RequestFailed(f"Strava unreachable ({describe_failure(err, None)})")
+        raise AssertionError("unreachable")
+
+    def read_limits(self, headers: Any) -> None:
+        """Remember how many requests each of Strava's windows has left."""
+        for kind in ("RateLimit", "ReadRateLimit"):
+            limits = (headers.get(f"X-{kind}-Limit") or "").split(",")
+            usage = (headers.get(f"X-{kind}-Usage") or "").split(",")
+            for window, limit, used in zip(("15min", "day"), limits, usage, strict=False):
+                with contextlib.suppress(ValueError):
+                    self.left[f"{kind}-{window}"] = int(limit) - int(used)
+
+    def ensure_room(self, reads: int) -> None:
+        """Stop (exit 75) before any window would be exhausted."""
+        for window, left in self.left.items():
+            need = STRAVA_RESERVE + (reads if window.startswith("Read") else reads + 1)
+            if left < need:
+                raise Fatal(
+                    EXIT_TEMPFAIL,
+                    f"Strava's {window} rate limit is nearly used up "
+                    f"({left} left); stopping uploads, the next run goes on",
+                )
+
+    def access_token(self) -> str:
+        """The access token, refreshed first when it expires within five minutes."""
+        expires_at = self.tokens.get("expires_at")
+        if not isinstance(expires_at, int) or expires_at - time.time() < 300:
+            self.refresh()
+        return self.tokens["access_token"]
+
+    def refresh(self) -> None:
+        """Trade the refresh token for new tokens; Strava rotates it, so save before use."""
+        client_id, secret = self.app
+        form = {
+            "client_id": client_id,
+            "client_secret": secret,
+            "grant_type": "refresh_token",
+            "refresh_token": self.tokens["refresh_token"],
+        }
+        answer = self.call(
+            "POST", "/oauth/token", urlencode(form), "application/x-www-form-urlencoded", auth=False
+        )
+        self.tokens = save_strava_tokens(answer)
+        emit("debug", "Strava tokens refreshed and saved")
+
+
+def urlencode(form: dict[str, str]) -> bytes:
+    import urllib.parse  # noqa: PLC0415
+
+    return urllib.parse.urlencode(form).encode()
+
+
+def strava_outcome(answer: dict) -> dict | None:
+    """What an upload answer says: uploaded, duplicate, failed, or None while processing."""
+    upload_id = answer.get("id")
+    if answer.get("error"):
+        error = str(answer["error"])
+        duplicate = DUPLICATE.search(error)
+        if duplicate:
+            return {
+                "status": "duplicate",
+                "upload_id": upload_id,
+                "activity_id": int(duplicate.group(1)),
+                "error": None,
+            }
+        return {"status": "failed", "upload_id": upload_id, "error": error[:300]}
+    if answer.get("activity_id"):
+        return {
+            "status": "uploaded",
+            "upload_id": upload_id,
+            "activity_id": answer["activity_id"],
+            "error": None,
+        }
+    return None
+
+
+def strava_poll(api: StravaAPI, upload_id: Any) -> dict:
+    """Poll an upload at most once a second for about a minute; 'processing' if still not done."""
+    give_up = time.monotonic() + STRAVA_POLL_FOR
+    while time.monotonic() < give_up:
+        time.sleep(1.0)
+        api.ensure_room(reads=1)
+        outcome = strava_outcome(api.call("GET", f"/api/v3/uploads/{int(upload_id)}"))
+        if outcome:
+            return outcome
+    return {"status": "processing", "upload_id": upload_id, "error": "still processing"}
+
+
+def strava_upload(api: StravaAPI, entry: dict, path: Path) -> dict:
+    """Upload one original (or look again at an upload still processing)."""
+    previous = entry.get("strava") or {}
+    if previous.get("status") == "processing" and previous.get("upload_id"):
+        api.ensure_room(reads=1)
+        answer = api.call("GET", f"/api/v3/uploads/{int(previous['upload_id'])}")
+        return strava_outcome(answer) or strava_poll(api, previous["upload_id"])
+    api.ensure_room(reads=3)
+    fields = {"data_type": path.suffix[1:], "external_id": f"garmin_{entry['id']}"}
+    if entry.get("name"):
+        fields["name"] = printable(entry["name"])[:200]
+    body, content_type = multipart(fields, path.name, path.read_bytes())
+    answer = api.call("POST", "/api/v3/uploads", body, content_type)
+    return strava_outcome(answer) or strava_poll(api, answer.get("id"))
+
+
+def strava_since(store: ManifestStore, settings: Settings) -> dt.date:
+    """The Strava start date: --strava-since, else the day uploads were first enabled."""
+    if settings.strava_since:
+        store.data["strava_since"] = settings.strava_since.isoformat()
+    elif not isinstance(store.data.get("strava_since"), str):
+        store.data["strava_since"] = dt.date.today().isoformat()
+        emit(
+            "info",
+            f"Strava uploads start with activities from {dt.date.today()}; "
+            "use --strava-since to include older ones",
+        )
+    store.changes += 1
+    return dt.date.fromisoformat(store.data["strava_since"][:10])
+
+
+def strava_pending(store: ManifestStore, since: dt.date) -> list[tuple[dict, Path]]:
+    """Downloaded originals on or after the start date not yet on Strava, oldest first."""
+    on_disk = files_on_disk(store.dest)
+    todo = []
+    for entry in store.activities.values():
+        done = entry.get("strava") or {}
+        retired = done.get("status") == "failed" and done.get("attempts", 0) >= STRAVA_ATTEMPTS
+        if (
+            entry["id"] in on_disk
+            and done.get("status") not in ("uploaded", "duplicate")
+            and not retired
+            and entry["start_local"][:10] >= since.isoformat()
+        ):
+            todo.append((entry, store.dest / on_disk[entry["id"]][0]))
+    return sorted(todo, key=lambda item: (item[0]["start_local"], item[0]["id"]))
+
+
+def strava_step(store: ManifestStore, settings: Settings) -> int:
+    """Upload what is pending to Strava; a run with nothing to upload asks Strava nothing."""
+    todo = strava_pending(store, strava_since(store, settings))
+    if settings.dry_run:
+        for _, path in todo:
+            print(f"would upload to Strava {path.name}")
+        return EXIT_OK
+    if not todo:
+        emit("debug", "nothing to upload to Strava")
+        return EXIT_OK
+    api = StravaAPI(settings.timeout, load_strava_tokens())
+    failed = 0
+    for number, (entry, path) in enumerate(todo, 1):
+        progress(f"[{number}/{len(todo)}] Strava upload {describe(entry)}")
+        try:
+            outcome = strava_upload(api, entry, path)
+        except RequestFailed as err:
+            outcome = {"status": "failed", "error": str(err)}
+        attempts = (entry.get("strava") or {}).get("attempts", 0) + 1
+        entry["strava"] = {**outcome, "attempts": attempts, "at": iso_now()}
+        store.changes += 1
+        store.flush()
+        if outcome["status"] in ("failed", "processing"):
+            failed += 1
+            emit("warning", f"Strava upload of {path.name}: {outcome['error']}")
+        else:
+            emit(
+                "info",
+                f"Strava: {path.name} {outcome['status']} (activity {outcome['activity_id']})",
+            )
+    clear_progress()
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def strava_login() -> int:
+    """--strava-login: the OAuth code flow with a one-request server on 127.0.0.1:9321."""
+    import urllib.parse  # noqa: PLC0415
+
+    client_id, secret = strava_app()
+    state = os.urandom(12).hex()
+    query = urllib.parse.urlencode(
+        {
+            "client_id": client_id,
+            "response_type": "code",
+            "redirect_uri": STRAVA_REDIRECT,
+            "approval_prompt": "auto",
+            "scope": STRAVA_SCOPE,
+            "state": state,
+        }
+    )
+    print(
+        f"Open this address in a browser and authorise garminsync:\n\n"
+        f"  {STRAVA}/oauth/authorize?{query}\n\nWaiting for Strava's redirect to "
+        f"{STRAVA_REDIRECT} (or paste the address the browser ended on here):",
+        flush=True,
+    )
+    redirect = receive_redirect()
+    params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(redirect).query))
+    if params.get("state") != state or not params.get("code"):
+        why = params.get("error") or "state mismatch"
+        raise Fatal(EXIT_AUTH, f"Strava's redirect lacks the code ({why}); run --strava-login")
+    granted = set(params.get("scope", "").split(","))
+    if not {"activity:write", "activity:read_all"} <= granted:
+        raise Fatal(
+            EXIT_AUTH,
+            "Strava was not allowed to upload activities: tick 'Upload "
+            "your activities' and 'View data about your private activities'",
+        )
+    form = {
+        "client_id": client_id,
+        "client_secret": secret,
+        "code": params["code"],
+        "grant_type": "authorization_code",
+    }
+    api = StravaAPI(60.0, tokens={})  # no tokens yet: only the unauthenticated token call
+    save_strava_tokens(
+        api.call(
+            "POST", "/oauth/token", urlencode(form), "application/x-www-form-urlencoded", auth=False
+        )
+    )
+    print(f"Strava authorised; tokens saved in {strava_token_file()}")
+    return EXIT_OK
+
+
+def receive_redirect(wait: float = 600.0) -> str:
+    """The redirect URL: from one request to 127.0.0.1:9321, or pasted on standard input."""
+    import http.server  # noqa: PLC0415
+    import select  # noqa: PLC0415
+
+    received: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            received.append(STRAVA_REDIRECT.rstrip("/") + self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(b"garminsync: Strava authorised; you can close this tab.\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    try:
+        server = http.server.HTTPServer(("127.0.0.1", 9321), Handler)
+    except OSError as err:
+        emit("warning", f"cannot listen on 127.0.0.1:9321 ({err.strerror}); paste the address")
+        server = None
+    end = time.monotonic() + wait
+    sources: list[Any] = [sys.stdin] + ([server.socket] if server else [])
+    try:
+        while not received and sources and time.monotonic() < end:
+            ready, _, _ = select.select(sources, [], [], 1.0)
+            if server and server.socket in ready:
+                server.handle_request()
+            elif sys.stdin in ready:
+                line = sys.stdin.readline()
+                if line.strip():
+                    received.append(line.strip())
+                elif not line:  # end of input: only the browser can answer now
+                    sources.remove(sys.stdin)
+    finally:
+        if server:
+            server.server_close()
+    if not received:
+        raise Fatal(EXIT_AUTH, "no redirect from Strava arrived; run --strava-login again")
+    return received[0]
+
+
+# ---------------------------------------------------------------------------------------
 # Command line: parsing, the lock on DEST, and the four actions (--missing, --list,
 # --status, --login) with their exit codes.
 
@@ -1186,6 +1591,27 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+ACTIONS = [  # flag, action, help
+    ("--missing", "missing", "download every activity not yet in DEST (the default)"),
+    ("--status", "status", "counts by status, the last run, the session"),
+    ("--login", "login", "log in interactively (MFA too) and save the session"),
+    ("--strava-only", "strava-only", "upload pending files to Strava; ask Garmin nothing"),
+    ("--strava-login", "strava-login", "authorise uploads to Strava (OAuth, once)"),
+]
+OPTIONS = [  # flag, argparse keywords
+    ("--dest", dict(metavar="DIR", help="where the files go ($GARMINSYNC_DEST, else ~/fit)")),
+    ("--offline", dict(action="store_true", help="--list/--status from the manifest only")),
+    ("--since", dict(type=iso_date, metavar="YYYY-MM-DD", help="only activities from this date")),
+    ("--until", dict(type=iso_date, metavar="YYYY-MM-DD", help="only activities up to this date")),
+    ("--delay", dict(type=seconds, metavar="SECONDS", help="pause between Garmin requests (2)")),
+    ("--limit", dict(type=positive_int, metavar="N", help="download at most N activities")),
+    ("--dry-run", dict(action="store_true", help="show what would be done; write nothing")),
+    ("--json", dict(action="store_true", help="machine-readable --list and --status")),
+    ("--strava", dict(action="store_true", help="with --missing: upload new files to Strava")),
+    ("--strava-since", dict(type=iso_date, metavar="YYYY-MM-DD", help="Strava start date")),
+]
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="garminsync.py",
@@ -1194,67 +1620,15 @@ def build_parser() -> Parser:
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
-        "--missing",
-        dest="action",
-        action="store_const",
-        const="missing",
-        help="download every activity not yet in DEST (the default)",
-    )
-    action.add_argument(
         "--list",
         dest="list_filter",
         choices=("all", "missing", "downloaded"),
         help="print activities: id, start, type, name, status",
     )
-    action.add_argument(
-        "--status",
-        dest="action",
-        action="store_const",
-        const="status",
-        help="counts by status, the last run, the session",
-    )
-    action.add_argument(
-        "--login",
-        dest="action",
-        action="store_const",
-        const="login",
-        help="log in interactively (MFA too) and save the session",
-    )
-    parser.add_argument(
-        "--dest", metavar="DIR", help="folder for the files (default $GARMINSYNC_DEST, else ~/fit)"
-    )
-    parser.add_argument(
-        "--offline",
-        action="store_true",
-        help="with --list/--status: read the manifest only, no network",
-    )
-    parser.add_argument(
-        "--since",
-        type=iso_date,
-        metavar="YYYY-MM-DD",
-        help="only activities that started on or after this local date",
-    )
-    parser.add_argument(
-        "--until",
-        type=iso_date,
-        metavar="YYYY-MM-DD",
-        help="only activities that started on or before this local date",
-    )
-    parser.add_argument(
-        "--delay",
-        type=seconds,
-        metavar="SECONDS",
-        help="pause between two Garmin requests (default $GARMINSYNC_DELAY or 2)",
-    )
-    parser.add_argument(
-        "--limit", type=positive_int, metavar="N", help="download at most N activities this run"
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="show what --missing would download; write nothing"
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="machine-readable output for --list and --status"
-    )
+    for flag, const, text in ACTIONS:
+        action.add_argument(flag, dest="action", action="store_const", const=const, help=text)
+    for flag, keywords in OPTIONS:
+        parser.add_argument(flag, **keywords)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug output")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     parser.add_argument("--version", action="version", version=f"garminsync {__version__}")
@@ -1266,35 +1640,37 @@ def parse_settings(argv: list[str]) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
     action = "list" if args.list_filter else (args.action or "missing")
+    strava_env = os.environ.get("GARMINSYNC_STRAVA", "") not in ("", "0")
     problems = [
-        (
-            args.offline and action not in ("list", "status"),
-            "--offline goes with --list or --status",
-        ),
+        (args.offline and action not in ("list", "status"), "--offline goes with --list/--status"),
         (args.json and action not in ("list", "status"), "--json goes with --list or --status"),
-        (args.dry_run and action != "missing", "--dry-run goes with --missing"),
+        (
+            args.dry_run and action not in ("missing", "strava-only"),
+            "--dry-run goes with --missing or --strava-only",
+        ),
+        (args.strava and action != "missing", "--strava goes with --missing"),
         (args.verbose and args.quiet, "-v and -q exclude each other"),
         (args.since and args.until and args.since > args.until, "--since is after --until"),
     ]
     for bad, message in problems:
         if bad:
             parser.error(message)
-    dest = args.dest or os.environ.get("GARMINSYNC_DEST") or "~/fit"
+    delay = env_seconds("GARMINSYNC_DELAY", DEFAULT_DELAY) if args.delay is None else args.delay
     return Settings(
         action=action,
         list_filter=args.list_filter or "all",
-        dest=Path(dest).expanduser(),
+        dest=Path(args.dest or os.environ.get("GARMINSYNC_DEST") or "~/fit").expanduser(),
         offline=args.offline,
         since=args.since,
         until=args.until,
-        delay=args.delay
-        if args.delay is not None
-        else env_seconds("GARMINSYNC_DELAY", DEFAULT_DELAY),
+        delay=delay,
         timeout=env_seconds("GARMINSYNC_TIMEOUT", DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT,
         limit=args.limit,
         dry_run=args.dry_run,
         json=args.json,
         verbosity=1 if args.verbose else (-1 if args.quiet else 0),
+        strava=action == "strava-only" or (action == "missing" and (args.strava or strava_env)),
+        strava_since=args.strava_since,
     )
 
 
@@ -1367,7 +1743,7 @@ class RunSummary:
         return fields
 
 
-def sync(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
+def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
     """Discover new activities, then download what is pending; returns the exit code."""
     api = GarminAPI(open_seam(settings), settings)
     try:
@@ -1380,7 +1756,7 @@ def sync(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
                     f"Garmin Connect is unreachable ({err}); the next run tries again",
                 ) from err
             emit("error", f"{err}; downloading only what was already known")
-            summary.result, summary.error = "listing failed", str(err)
+            summary.error = str(err)
         store.flush()
         if settings.action == "missing":
             download_pending(api, store, settings, summary)
@@ -1435,10 +1811,10 @@ def printable(text: str) -> str:
 
 
 def cmd_sync(settings: Settings) -> int:
-    """--missing, and the online --list/--status: lock DEST, sync, flush, report."""
-    if settings.dry_run and not settings.dest.is_dir():
+    """--missing, --strava-only and the online --list/--status: lock DEST, run, report."""
+    if settings.dry_run and not settings.dest.is_dir():  # a dry run creates nothing
         store = ManifestStore(settings.dest, writable=False)
-        return sync(settings, store, RunSummary())
+        return run_steps(settings, store, RunSummary())
     prepare_dest(settings.dest)
     with dest_lock(settings.dest):
         store = ManifestStore(settings.dest, writable=not settings.dry_run)
@@ -1447,33 +1823,53 @@ def cmd_sync(settings: Settings) -> int:
         store.load()
         store.adopt_files_on_disk()
         summary = RunSummary()
-        try:
-            code = sync(settings, store, summary)
-        except Fatal as err:
-            summary.result, summary.error, code = "stopped", str(err), err.code
-            raise
-        except Interrupted as stop:
-            summary.result, summary.error = "interrupted", signal.Signals(stop.signum).name
-            code = EXIT_SIGNAL_BASE + stop.signum
-            raise
-        except OSError as err:
-            failure = local_write_error(err, settings.dest)
-            summary.result, summary.error, code = "stopped", str(failure), failure.code
-            raise failure from err
-        finally:
-            summary.exit_code = code if "code" in locals() else EXIT_PARTIAL
-            if settings.action == "missing":
-                store.data["last_run"] = summary.as_json()
-            try:
-                store.flush(force=True)
-            except OSError as err:
-                emit("error", f"could not save the manifest: {err.strerror}; the files are safe")
-    if settings.action == "missing":
+        code = run_steps(settings, store, summary)
+    if settings.action in ("list", "status"):
+        (show_list if settings.action == "list" else show_status)(settings, store)
+    elif settings.action == "missing" and code in (EXIT_OK, EXIT_PARTIAL):
         report(summary, store)
-        return code
-    show = show_list if settings.action == "list" else show_status
-    show(settings, store)
     return code
+
+
+SEVERITY = [EXIT_OK, EXIT_TEMPFAIL, EXIT_PARTIAL, EXIT_AUTH, EXIT_USAGE]  # mildest first
+
+
+def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
+    """The Garmin step, then the Strava step (a failure of one does not stop the other);
+    the manifest and the run's summary are flushed whatever happens."""
+    steps = [] if settings.action == "strava-only" else [garmin_step]
+    steps += [lambda *_: strava_step(store, settings)] if settings.strava else []
+    codes = []
+    try:
+        for step in steps:
+            try:
+                codes.append(step(settings, store, summary))
+            except Fatal as err:
+                emit("error", str(err))
+                summary.error = str(err)
+                codes.append(err.code)
+            except OSError as err:
+                failure = local_write_error(err, settings.dest)
+                emit("error", str(failure))
+                summary.error = str(failure)
+                codes.append(failure.code)
+                break
+    except Interrupted as stop:
+        summary.result, summary.error = "interrupted", signal.Signals(stop.signum).name
+        raise
+    finally:
+        summary.exit_code = max(codes or [EXIT_OK], key=SEVERITY.index)
+        if summary.result == "interrupted":
+            summary.exit_code = EXIT_SIGNAL_BASE + signal.Signals[summary.error]
+        elif summary.exit_code:
+            summary.result = "failed" if summary.exit_code != EXIT_TEMPFAIL else "stopped"
+        if settings.action in ("missing", "strava-only") and store.writable:
+            store.data["last_run"] = summary.as_json()
+        try:
+            store.flush(force=True)
+        except OSError as err:
+            emit("error", f"could not save the manifest: {err.strerror}; the files are safe")
+    return summary.exit_code
 
 
 def report(summary: RunSummary, store: ManifestStore) -> None:
@@ -1570,6 +1966,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit becomes EFBIG
         if settings.action == "login":
             return cmd_login(settings)
+        if settings.action == "strava-login":
+            return strava_login()
         if settings.offline:
             store = view_store(settings)
             (show_list if settings.action == "list" else show_status)(settings, store)
