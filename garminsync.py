@@ -975,6 +975,8 @@ def clean_entry(key: str, value: Any) -> dict | None:
     entry["name"] = entry["name"] or ""
     entry["manual"] = value.get("manual") is True
     entry["status"] = value["status"]
+    if isinstance(value.get("strava"), dict):
+        entry["strava"] = value["strava"]
     return entry
 
 
@@ -997,14 +999,10 @@ def parse_manifest(text: str) -> dict:
             emit("warning", f"manifest entry {str(key)[:40]!r} is malformed; dropped it")
         else:
             activities[key] = entry
-    last_run = data.get("last_run") if isinstance(data.get("last_run"), dict) else None
-    full = data.get("last_full_listing")
-    return {
-        "version": MANIFEST_VERSION,
-        "activities": activities,
-        "last_run": last_run,
-        "last_full_listing": full if isinstance(full, str) else None,
-    }
+    manifest = {"version": MANIFEST_VERSION, "activities": activities, "last_run": None}
+    for key, kind in (("last_run", dict), ("last_full_listing", str), ("strava_since", str)):
+        manifest[key] = data[key] if isinstance(data.get(key), kind) else None
+    return manifest
 
 
 class ManifestStore:
@@ -1283,15 +1281,22 @@ class StravaAPI:
                         EXIT_AUTH,
                         f"Strava refused the authorisation (HTTP {err.code}); {STRAVA_LOGIN_HINT}",
                     )
-                if err.code == 429:
+                if err.code == 429 or err.code >= 500:
+                    why = "rate limiting" if err.code == 429 else "failing"
                     raise Fatal(
                         EXIT_TEMPFAIL,
-                        "Strava is rate limiting (HTTP 429); "
-                        "everything so far is recorded, the next run goes on",
+                        f"Strava is {why} (HTTP {err.code}); uploads "
+                        "so far are recorded, the next run goes on",
                     )
                 raise RequestFailed(f"Strava answered HTTP {err.code}")
-            except (OSError, ValueError, Deadline) as err:
-                raise RequestFailed(f"Strava unreachable ({describe_failure(err, None)})")
+            except ValueError as err:
+                raise RequestFailed(f"Strava's answer is not JSON ({err})")
+            except (OSError, Deadline) as err:
+                raise Fatal(
+                    EXIT_TEMPFAIL,
+                    f"Strava is unreachable ({describe_failure(err, None)})"
+                    "; uploads resume next run",
+                )
         raise AssertionError("unreachable")
 
     def read_limits(self, headers: Any) -> None:

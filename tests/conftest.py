@@ -187,3 +187,20 @@ def seed() -> int:
     value = int(os.environ.get("FAULT_SEED") or int.from_bytes(os.urandom(4), "big"))
     print(f"seed {value}: reproduce with FAULT_SEED={value}")
     return value
+
+
+@pytest.fixture
+def strava(garmin: FakeGarmin, env: dict[str, str]):
+    """A fake Strava behind the same proxy, with the app's id and secret in `env` (which is
+    `bare_env` with a Garmin session) and valid Strava tokens saved beside that session."""
+    bare_env = env
+    from fake_strava import FakeStrava
+
+    fake = FakeStrava()
+    garmin.strava = fake
+    bare_env.update(STRAVA_CLIENT_ID=fake.client_id, STRAVA_CLIENT_SECRET=fake.client_secret)
+    store = Path(bare_env["GARMINTOKENS"])
+    store.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (store / "strava_tokens.json").write_text(fake.token_file())
+    (store / "strava_tokens.json").chmod(0o600)
+    return fake

@@ -473,6 +473,7 @@ class FakeGarmin:
         self.refresh_token = secrets.token_urlsafe(32)
         self.access_expired = False
         self.on_request: Callable[[str, str, dict[str, str]], None] | None = None
+        self.strava: Any = None  # a fake_strava.FakeStrava answers www.strava.com when set
         self.unreachable: set[str] = set()  # hosts the proxy answers 502 for, like a DNS failure
         self.log: list[LogEntry] = []
         self.errors: list[str] = []  # exceptions inside the fake itself (bugs, not faults)
@@ -758,6 +759,8 @@ class FakeGarmin:
             return self._diauth(req)
         if req.host == "sso.garmin.com":
             return self._sso(req)
+        if req.host == "www.strava.com" and self.strava is not None:
+            return self.strava.handle(req)
         return json_reply({"message": "Not Found"}, 404)
 
     def _connectapi(self, req: Request) -> Reply:
