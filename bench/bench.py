@@ -1,0 +1,1087 @@
+"""Benchmarks for garminsync (issue 4): what a run costs Garmin, the network and the machine.
+
+Drives the real ``garminsync.py`` as a subprocess against the tests' fake Garmin Connect
+(``tests/fake_garmin.py``, a local HTTPS CONNECT proxy) at ``--delay 0`` and prints a
+markdown table (measure | result | target | met?), with the date and the command, on stdout;
+progress goes to stderr. Run it from the repository root with the venv's Python::
+
+    .venv/bin/python bench/bench.py            # what `make bench` runs
+
+Method, in short (the printed notes say it again, with the figures):
+
+* Every figure comes from whole-process runs; timings are medians and are reported against a
+  baseline measured in the same run, because absolute times on a shared machine drift.
+* Requests and bytes come from the fake's request log (HTTP status line, headers and body
+  as written by the fake; TLS and proxy overhead are not counted).
+* The fake runs in this process, in threads. Its own time is excluded from garminsync's
+  time by summing the CPU time of its connection threads (``time.thread_time`` at the end of
+  each connection: each connection has a fresh thread) and subtracting it from the wall time:
+  garminsync waits for every answer, so the fake's work is on garminsync's critical path.
+  The fake is also made fast (TCP_NODELAY, cached listing and zips), so that little is left
+  to subtract.
+* Peak RSS is ``ru_maxrss`` of each child, taken by a small launcher process (see LAUNCHER).
+* The first sync of 10,000 activities is repeated as often as the time budget allows (at
+  most ``--runs``); the table says how many runs its figures are the median of.
+
+Exit status: 0 when the report was printed (missed targets included), 1 when the benchmark
+itself could not measure (garminsync failed a run, the fake broke, a run hung).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import pstats
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "garminsync.py"
+sys.path.insert(0, str(REPO / "tests"))
+
+import trustme  # noqa: E402
+from fake_garmin import (  # noqa: E402
+    ZIP_TYPE,
+    FakeGarmin,
+    LogEntry,
+    Reply,
+    _sort_key,
+    add_many_activities,
+    json_reply,
+    make_activity,
+    synthetic_fit,
+    zip_of,
+)
+
+LIST_PATH = "/activitylist-service/activities/search/activities"
+COUNT_PATH = "/activitylist-service/activities/count"
+DOWNLOAD_PATH = "/download-service/files/activity/"
+NEWEST = datetime(2024, 6, 1, 7, 30)  # start of the newest synthetic activity
+FIRST_ID = 15_000_000_000
+HEAVY_MODULES = ("garminconnect", "requests", "curl_cffi")
+NOOP_BYTES_TARGET = 64_000  # "under 64 KB"
+RSS_TARGET = 80_000_000  # "under 80 MB"
+PER_ACTIVITY_TARGET = 0.005  # seconds
+SCALING_TARGET = 1.3
+LOCAL_RATIO_TARGET = 4.0
+LATE_UPLOAD_DAYS = (365, 5000)  # how old the late upload is: about a year, about 14 years
+REFERENCE_ACTIVITIES = 300
+
+# Variables that could change garminsync's behaviour or route traffic past the fake
+# (the same list as tests/conftest.py).
+DROPPED_PREFIXES = ("GARMIN", "GARTH_", "XDG_")
+DROPPED = {
+    "CREDENTIALS_DIRECTORY",
+    "JOURNAL_STREAM",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_DIR",
+    "PYTHONPATH",
+}
+
+
+class BenchError(Exception):
+    """The benchmark could not measure (not: a target was missed)."""
+
+
+def say(message: str) -> None:
+    """Progress, on stderr, so stdout holds only the report."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The fake, made fast and instrumented. Answers are the same bytes the tests' fake sends;
+# only the work behind them is cached, and each connection's CPU time is counted.
+
+
+class BenchFake(FakeGarmin):
+    """`FakeGarmin` with TCP_NODELAY, a cached newest-first listing and cached zips, and
+    accounting of the CPU time its connection threads spend (`server_cpu`)."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        super().__init__(ca)
+        self._ids: set[int] = set()
+        self._zips: dict[int, bytes] = {}
+        self._newest_first: list[dict[str, Any]] | None = None
+        self.server_cpu = 0.0
+        self.connections = 0
+        self.open_connections = 0
+        self.max_open_connections = 0
+
+    # -- state, with the caches kept in step
+
+    def add_activity(
+        self, activity: dict[str, Any], original: bytes | None = None, ext: str = "fit"
+    ) -> int:
+        with self._lock:
+            self._ids.add(activity["activityId"])
+            self._newest_first = None
+        return super().add_activity(activity, original, ext)
+
+    def remove_activity(self, activity_id: int) -> None:
+        super().remove_activity(activity_id)
+        with self._lock:
+            self._ids.discard(activity_id)
+            self._zips.pop(activity_id, None)
+            self._newest_first = None
+
+    def newest_first(self) -> list[dict[str, Any]]:
+        """All activities in the order the list endpoint returns them (cached)."""
+        with self._lock:
+            if self._newest_first is None:
+                self._newest_first = sorted(self.activities, key=_sort_key, reverse=True)
+            return self._newest_first
+
+    # -- the two hot endpoints, without the per-request copies and scans
+
+    def _search(self, query: dict[str, str]) -> Reply:
+        """A plain start/limit page from the cached listing; anything else as the fake does."""
+        start, limit = query.get("start", "0"), query.get("limit", "20")
+        plain = set(query) <= {"start", "limit"} and start.isdigit() and limit.isdigit()
+        if not plain or int(limit) > 1000:
+            return super()._search(query)
+        first = int(start)
+        return json_reply(self.newest_first()[first : first + int(limit)])
+
+    def _download(self, activity_id: int) -> Reply:
+        with self._lock:
+            entry = self.originals.get(activity_id) if activity_id in self._ids else None
+            cached = self._zips.get(activity_id)
+        if entry is None:
+            return super()._download(activity_id)  # the 404 answer
+        if cached is None:
+            data, ext = entry
+            cached = zip_of(f"{activity_id}_ACTIVITY.{ext}", data)
+            with self._lock:
+                self._zips[activity_id] = cached
+        disposition = {"Content-Disposition": f'attachment; filename="{activity_id}.zip"'}
+        return Reply(200, cached, ZIP_TYPE, disposition)
+
+    # -- accounting
+
+    def _tunnel(self, raw: socket.socket, addr: Any, host: str) -> None:
+        """Serve one CONNECTed connection; add the CPU time of its thread to `server_cpu`.
+
+        Each connection has its own fresh thread (ThreadingHTTPServer), so the thread's CPU
+        time at the end is the fake's whole cost of that connection, CONNECT included.
+        TCP_NODELAY: the fake writes headers and body separately, which otherwise stalls
+        every answer on Nagle's algorithm and the client's delayed ACK (about 40 ms)."""
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self.connections += 1
+            self.open_connections += 1
+            self.max_open_connections = max(self.max_open_connections, self.open_connections)
+        try:
+            super()._tunnel(raw, addr, host)
+        finally:
+            with self._lock:
+                self.server_cpu += time.thread_time()
+                self.open_connections -= 1
+
+    def reset_accounting(self) -> None:
+        """Start a new run: empty log, zero CPU, connection high-water mark from now."""
+        with self._lock:
+            self.log.clear()
+            self.server_cpu = 0.0
+            self.connections = 0
+            self.max_open_connections = self.open_connections
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every connection of the finished run has been closed and counted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.open_connections == 0:
+                    return
+            time.sleep(0.005)
+
+    def taken_log(self) -> list[LogEntry]:
+        with self._lock:
+            if self.errors:
+                raise BenchError(f"the fake broke: {self.errors[:3]}")
+            return list(self.log)
+
+
+# ---------------------------------------------------------------------------------------
+# Running one process: wall time, exit code, its own peak RSS, and what the fake saw.
+
+
+@dataclass
+class Run:
+    """One finished process."""
+
+    wall: float  # seconds, from start to exit (timed by the launcher)
+    code: int
+    maxrss: int  # bytes
+    stdout: str
+    stderr: str
+    log: list[LogEntry] = field(default_factory=list)
+    server_cpu: float = 0.0  # CPU seconds the fake spent on this run's connections
+    connections: int = 0  # connections (CONNECT tunnels) the run opened to the fake
+    max_connections: int = 0  # most connections the fake had open at once during the run
+
+    @property
+    def requests(self) -> int:
+        return len(self.log)
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.bytes_sent for e in self.log)
+
+    def count(self, path_prefix: str) -> int:
+        return sum(1 for e in self.log if e.path.startswith(path_prefix))
+
+    def local_time(self) -> float:
+        """Wall time with the fake's own CPU time taken out."""
+        return self.wall - self.server_cpu
+
+
+# Children are started through this small launcher, not straight from the benchmark: on
+# Linux a child's peak RSS (ru_maxrss) includes the memory of the process it was forked from,
+# and the benchmark holds 10,000 activities (a child of it would report 100+ MB for
+# `python -c pass`). The launcher is small (about 11 MB, the floor of every RSS figure), and
+# it times its child itself, so its own start-up is not counted.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+result, out, err, *argv = sys.argv[1:]
+with open(out, "wb") as stdout, open(err, "wb") as stderr:
+    began = time.perf_counter()
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - began
+child.returncode = code = os.waitstatus_to_exitcode(status)
+with open(result, "w") as fh:
+    json.dump({"wall": wall, "code": code, "maxrss": usage.ru_maxrss * 1024}, fh)
+"""
+
+
+class Runner:
+    """Starts processes in a scratch folder, one at a time, and measures each."""
+
+    def __init__(self, workdir: Path, timeout: float) -> None:
+        self.workdir = workdir
+        self.timeout = timeout
+
+    def run(
+        self, argv: Sequence[str | os.PathLike[str]], env: dict[str, str], fake: BenchFake | None
+    ) -> Run:
+        files = [self.workdir / name for name in ("result.json", "stdout.txt", "stderr.txt")]
+        if fake is not None:
+            fake.settle()
+            fake.reset_accounting()
+        launcher = [sys.executable, "-S", "-c", LAUNCHER, *files, *argv]
+        proc = subprocess.Popen(
+            [str(a) for a in launcher],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            start_new_session=True,  # so a hung run can be killed with its launcher
+        )
+        try:
+            proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            command = shlex.join(map(str, argv))[:120]
+            raise BenchError(f"{command} hung; killed after {self.timeout:.0f} s")
+        if proc.returncode != 0:
+            raise BenchError(f"the launcher failed (exit {proc.returncode})")
+        measured = json.loads(files[0].read_text())
+        run = Run(
+            wall=measured["wall"],
+            code=measured["code"],
+            maxrss=measured["maxrss"],
+            stdout=files[1].read_text(errors="replace"),
+            stderr=files[2].read_text(errors="replace"),
+        )
+        if fake is not None:
+            fake.settle()
+            run.log = fake.taken_log()
+            run.server_cpu = fake.server_cpu
+            run.connections = fake.connections
+            run.max_connections = fake.max_open_connections
+        return run
+
+
+@dataclass
+class Bench:
+    """What every measurement needs: the runner, the CA file, the clock and the budget."""
+
+    runner: Runner
+    ca_pem: Path
+    runs: int
+    budget: float
+    script: Path
+    began: float = field(default_factory=time.monotonic)
+
+    @property
+    def workdir(self) -> Path:
+        return self.runner.workdir
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.began
+
+    def env(self, fake: BenchFake) -> dict[str, str]:
+        """A child environment routed through `fake`, with its tokens saved (as conftest)."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in DROPPED and not k.startswith(DROPPED_PREFIXES)
+        }
+        state = self.workdir / f"state-{fake.proxy_port}"
+        fake.seed_tokens(state / "garminsync")
+        proxy, ca = fake.proxy_url, str(self.ca_pem)
+        env.update(
+            HOME=str(self.workdir),
+            XDG_STATE_HOME=str(state),
+            GARMINTOKENS=str(state / "garminsync"),
+            HTTPS_PROXY=proxy,
+            https_proxy=proxy,
+            HTTP_PROXY=proxy,
+            http_proxy=proxy,
+            ALL_PROXY=proxy,
+            all_proxy=proxy,
+            REQUESTS_CA_BUNDLE=ca,
+            SSL_CERT_FILE=ca,
+            CURL_CA_BUNDLE=ca,
+            GARMINSYNC_DELAY="0",
+        )
+        return env
+
+    def garminsync(self, fake: BenchFake, *args: str | os.PathLike[str]) -> Run:
+        """Run garminsync.py once with these arguments; anything but exit 0 is an error."""
+        run = self.runner.run([sys.executable, self.script, *args], self.env(fake), fake)
+        if run.code != 0:
+            tail = run.stderr.strip().splitlines()[-3:]
+            raise BenchError(f"garminsync {' '.join(map(str, args))} exited {run.code}: {tail}")
+        return run
+
+    def python(self, fake: BenchFake, *args: str | os.PathLike[str]) -> Run:
+        """Run the venv's Python with these arguments (no check)."""
+        return self.runner.run([sys.executable, *args], self.env(fake), fake)
+
+    def scratch(self, name: str) -> Path:
+        """A fresh, not yet existing folder in the scratch area."""
+        path = self.workdir / name
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+
+def clone_dest(template: Path, target: Path) -> Path:
+    """A copy of a DEST made of hard links: instant, and safe because garminsync never
+    writes into an existing file (it writes a temp file and renames it)."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(template, target, copy_function=os.link)
+    return target
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def kinds(run: Run) -> str:
+    """'2 downloads + 1 count + 2 list pages' for one run's requests."""
+    downloads, count, pages = run.count(DOWNLOAD_PATH), run.count(COUNT_PATH), run.count(LIST_PATH)
+    other = run.requests - downloads - count - pages
+    parts = [
+        f"{downloads:,} download{'s' * (downloads != 1)}" if downloads else "",
+        f"{count} count" if count else "",
+        f"{pages} list page{'s' * (pages != 1)}" if pages else "",
+        f"{other} other" if other else "",
+    ]
+    return " + ".join(part for part in parts if part) or "none"
+
+
+def pages_read(run: Run) -> str:
+    """The list pages a run asked for, as start/limit pairs."""
+    return ", ".join(
+        f"{e.query.get('start')}/{e.query.get('limit')}"
+        for e in run.log
+        if e.path.startswith(LIST_PATH)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Measurements. Each returns plain figures; the report turns them into rows.
+
+# The per-activity baseline: what any tool built on garminconnect pays per activity, without
+# garminsync's own logic: the library's download (one fresh HTTPS connection through the
+# proxy, as garminconnect opens a new requests.Session per call), unzip, and an fsynced write
+# renamed into place. It times its own loop, so its start-up is not counted.
+REFERENCE_LOOP = """
+import io, os, sys, tempfile, time, zipfile
+from garminconnect.client import Client
+tokens, dest, *ids = sys.argv[1:]
+client = Client()
+client.loads(open(tokens).read())
+began = time.perf_counter()
+for aid in ids:
+    data = client.download("/download-service/files/activity/" + aid)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        member = archive.read(archive.namelist()[0])
+    fd, tmp = tempfile.mkstemp(dir=dest)
+    with os.fdopen(fd, "wb") as out:
+        out.write(member)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, os.path.join(dest, aid + ".fit"))
+    dirfd = os.open(dest, os.O_RDONLY)
+    os.fsync(dirfd)
+    os.close(dirfd)
+print(time.perf_counter() - began)
+"""
+
+# Two other ways to learn what is new, as tiny clients on garminconnect's own Client:
+# "newest-1000" lists the newest 1,000 activities every run; "all-100" lists every activity,
+# 100 per page, until a short page.
+OTHER_CLIENT = """
+import sys
+from garminconnect.client import Client
+tokens, style = sys.argv[1:]
+client = Client()
+client.loads(open(tokens).read())
+path = "/activitylist-service/activities/search/activities"
+if style == "newest-1000":
+    client.connectapi(path, params={"start": 0, "limit": 1000})
+else:
+    start = 0
+    while len(client.connectapi(path, params={"start": start, "limit": 100})) == 100:
+        start += 100
+"""
+
+
+@dataclass
+class FirstSync:
+    """First syncs of n activities, each paired with a run of the per-activity baseline
+    just before it, so that the ratio of the two is free of the machine's drift."""
+
+    n: int
+    runs: list[Run] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)  # seconds per activity, paired
+
+    def per_activity(self) -> float:
+        """Median local seconds per activity."""
+        return median([r.local_time() / self.n for r in self.runs])
+
+    def relative(self) -> float:
+        """Median of each run's local time per activity over its paired baseline."""
+        return median(
+            [r.local_time() / self.n / b for r, b in zip(self.runs, self.baseline, strict=True)]
+        )
+
+    def fake_share(self) -> float:
+        return median([r.server_cpu / self.n for r in self.runs])
+
+
+def first_sync(bench: Bench, fake: BenchFake, n: int, keep: Path | None = None) -> Run:
+    """One first sync of all of `fake`'s n activities into an empty DEST, kept as `keep`."""
+    dest = bench.scratch(f"first-{n}")
+    run = bench.garminsync(fake, "--missing", "--dest", dest, "--delay", "0")
+    saved = sum(1 for p in dest.iterdir() if p.name.startswith("activity_"))
+    if saved != n:
+        raise BenchError(f"first sync of {n:,} saved {saved:,} files")
+    if keep is not None and not keep.exists():
+        dest.rename(keep)
+    else:
+        shutil.rmtree(dest)
+    return run
+
+
+def reference_loop(bench: Bench, fake: BenchFake) -> float:
+    """Seconds per activity of REFERENCE_LOOP over the newest activities, the fake's CPU
+    taken out."""
+    ids = [str(a["activityId"]) for a in fake.newest_first()[:REFERENCE_ACTIVITIES]]
+    dest = bench.scratch("reference")
+    dest.mkdir()
+    tokens = Path(bench.env(fake)["GARMINTOKENS"]) / "garmin_tokens.json"
+    run = bench.python(fake, "-c", REFERENCE_LOOP, tokens, dest, *ids)
+    if run.code != 0:
+        raise BenchError(f"the reference loop failed: {run.stderr.strip()[-300:]}")
+    shutil.rmtree(dest)
+    return (float(run.stdout.split()[-1]) - run.server_cpu) / len(ids)
+
+
+def measure_first_sync(
+    bench: Bench, fake: BenchFake, sync: FirstSync, keep: Path | None = None
+) -> None:
+    """One more first sync of `sync.n` activities, after its paired baseline run."""
+    sync.baseline.append(reference_loop(bench, fake))
+    sync.runs.append(first_sync(bench, fake, sync.n, keep))
+    run = sync.runs[-1]
+    say(
+        f"first sync of {sync.n:,}, run {len(sync.runs)}: {run.wall:.1f} s, "
+        f"peak RSS {run.maxrss / 1e6:.0f} MB"
+    )
+
+
+@dataclass
+class NewAndLate:
+    """Runs after 1 new activity and 1 late upload appeared."""
+
+    late_days: int
+    position: int  # 1-based position of the late upload in the newest-first list
+    listed: int
+    runs: list[Run]
+
+    def list_requests(self) -> int:
+        return int(median([r.count(LIST_PATH) + r.count(COUNT_PATH) for r in self.runs]))
+
+
+def measure_noop(bench: Bench, fake: BenchFake, template: Path) -> list[Run]:
+    """No-op syncs: a saved session, nothing new, the template's activities all known."""
+    dest = clone_dest(template, bench.workdir / "noop")
+    runs = [bench.garminsync(fake, "--missing", "--dest", dest) for _ in range(bench.runs)]
+    shutil.rmtree(dest)
+    return runs
+
+
+def measure_new_and_late(
+    bench: Bench, fake: BenchFake, template: Path, late_days: int, next_id: int
+) -> NewAndLate:
+    """Runs after 1 new activity and 1 late upload (a new id, started `late_days` before
+    the newest activity) appeared; each run starts from a fresh copy of the template."""
+    new_id, late_id = next_id, next_id + 1
+    added = (
+        (new_id, NEWEST + timedelta(days=1, hours=1)),
+        (late_id, NEWEST - timedelta(days=late_days, hours=5)),
+    )
+    for aid, start in added:
+        fake.add_activity(make_activity(aid, start, "running"), synthetic_fit(aid), "fit")
+    listing = [a["activityId"] for a in fake.newest_first()]
+    runs = []
+    try:
+        for _ in range(bench.runs):
+            dest = clone_dest(template, bench.workdir / "new-and-late")
+            runs.append(bench.garminsync(fake, "--missing", "--dest", dest))
+            if runs[-1].count(DOWNLOAD_PATH) != 2:
+                raise BenchError(f"expected 2 downloads, saw {kinds(runs[-1])}")
+            shutil.rmtree(dest)
+    finally:
+        for aid, _ in added:
+            fake.remove_activity(aid)
+    return NewAndLate(late_days, listing.index(late_id) + 1, len(listing), runs)
+
+
+def measure_other_clients(bench: Bench, fake: BenchFake) -> dict[str, list[Run]]:
+    """The two other designs' no-op runs, on the same fake."""
+    tokens = Path(bench.env(fake)["GARMINTOKENS"]) / "garmin_tokens.json"
+    found: dict[str, list[Run]] = {}
+    for style in ("newest-1000", "all-100"):
+        found[style] = []
+        for _ in range(bench.runs):
+            run = bench.python(fake, "-c", OTHER_CLIENT, tokens, style)
+            if run.code != 0:
+                raise BenchError(f"the {style} client failed: {run.stderr.strip()[-300:]}")
+            found[style].append(run)
+    return found
+
+
+LOCAL_COMMANDS = {
+    "--list all --offline": ("--list", "all", "--offline"),
+    "--status --offline": ("--status", "--offline"),
+    "--help": ("--help",),
+}
+
+
+@dataclass
+class Imports:
+    """What one command imports, per `python -X importtime`."""
+
+    packages: set[str]  # top-level package names
+    slowest: list[tuple[str, float]]  # its own direct imports (not the interpreter's), by time
+
+
+@dataclass
+class LocalFigures:
+    """The local commands over a big manifest, and `python -c pass` between them."""
+
+    baseline: list[Run]
+    runs: dict[str, list[Run]]
+    imports: dict[str, Imports]
+    hotspots: dict[str, list[tuple[str, float]]]  # by self time, under cProfile
+
+
+def measure_local(bench: Bench, fake: BenchFake, template: Path) -> LocalFigures:
+    """Time `python -c pass` and each local command, interleaved so drift hits them alike
+    (more repetitions than `runs`: each is short); then what they import and where their
+    time goes."""
+    dest = clone_dest(template, bench.workdir / "local")
+    runs: dict[str, list[Run]] = {name: [] for name in LOCAL_COMMANDS}
+    baseline = []
+    for _ in range(2 * bench.runs + 1):
+        baseline.append(bench.python(fake, "-c", "pass"))
+        for name, args in LOCAL_COMMANDS.items():
+            runs[name].append(bench.garminsync(fake, *args, "--dest", dest))
+    imports = measure_imports(bench, fake, dest)
+    hotspots = hotspots_beyond_help(bench, fake, dest)
+    shutil.rmtree(dest)
+    return LocalFigures(baseline, runs, imports, hotspots)
+
+
+def parse_importtime(stderr: str) -> tuple[set[str], dict[str, float]]:
+    """Top-level packages imported, and seconds per direct (unindented) import."""
+    packages, direct = set(), {}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        _, cumulative, name = line.split("|")
+        module = name[1:]
+        packages.add(module.strip().split(".")[0])
+        if not module.startswith(" "):
+            direct[module.strip()] = int(cumulative) / 1e6
+    return packages, direct
+
+
+def measure_imports(bench: Bench, fake: BenchFake, dest: Path) -> dict[str, Imports]:
+    """Per local command: packages it imports and its slowest direct imports beyond what
+    `python -c pass` imports itself."""
+    _, interpreter = parse_importtime(bench.python(fake, "-X", "importtime", "-c", "pass").stderr)
+    found = {}
+    for name, args in LOCAL_COMMANDS.items():
+        run = bench.python(fake, "-X", "importtime", bench.script, *args, "--dest", dest)
+        packages, direct = parse_importtime(run.stderr)
+        own = sorted(
+            ((m, t) for m, t in direct.items() if m not in interpreter), key=lambda x: -x[1]
+        )
+        found[name] = Imports(packages, own)
+    return found
+
+
+def profile(bench: Bench, fake: BenchFake, args: list[Any]) -> dict[str, float]:
+    """Self time per function in one run of garminsync under cProfile."""
+    path = bench.workdir / "profile.out"
+    bench.python(fake, "-m", "cProfile", "-o", path, bench.script, *args)
+    selves: dict[str, float] = {}
+    stats = pstats.Stats(str(path)).stats
+    for (filename, line, function), (_, _, self_time, _, _) in stats.items():
+        where = function if filename == "~" else f"{Path(filename).name}:{line}({function})"
+        selves[where] = selves.get(where, 0.0) + self_time
+    return selves
+
+
+def hotspots_beyond_help(bench: Bench, fake: BenchFake, dest: Path) -> dict[str, list]:
+    """Per local command, the functions with the most self time beyond what `--help` spends
+    in them (start-up and imports cost both alike)."""
+    startup = profile(bench, fake, ["--help"])
+    found = {}
+    for name, args in LOCAL_COMMANDS.items():
+        selves = profile(bench, fake, [*args, "--dest", dest])
+        extra = [(where, t - startup.get(where, 0.0)) for where, t in selves.items()]
+        found[name] = sorted(extra, key=lambda spot: -spot[1])[:4]
+    return found
+
+
+def compile_time(script: Path) -> float:
+    """Seconds to compile garminsync.py (a script run as `python garminsync.py` is compiled
+    on every start; its bytecode is not cached)."""
+    source = script.read_text(encoding="utf-8")
+    times = []
+    for _ in range(5):
+        began = time.perf_counter()
+        compile(source, str(script), "exec")
+        times.append(time.perf_counter() - began)
+    return median(times)
+
+
+# ---------------------------------------------------------------------------------------
+# The report.
+
+
+@dataclass
+class Row:
+    measure: str
+    result: str
+    target: str
+    met: bool | None  # None: no target (a comparison)
+    cause: str = ""  # printed in the closing notes when the target is missed
+
+
+def mark(met: bool | None, short: str = "") -> str:
+    if met is None:
+        return "—"
+    return "yes" if met else f"**no**{' (' + short + ')' if short else ''}"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def noop_rows(noop: list[Run], known: int) -> list[Row]:
+    requests = int(median([r.requests for r in noop]))
+    size = int(median([r.bytes for r in noop]))
+    breakdown = f"requests: {kinds(noop[0])}"
+    return [
+        Row(
+            f"No-op sync ({known:,} known): requests",
+            f"{requests} ({kinds(noop[0])})",
+            "1",
+            requests == 1,
+            breakdown,
+        ),
+        Row(
+            f"No-op sync ({known:,} known): bytes received",
+            f"{size:,} B",
+            "< 64 KB",
+            size < NOOP_BYTES_TARGET,
+            breakdown,
+        ),
+    ]
+
+
+def new_and_late_row(result: NewAndLate) -> Row:
+    lists = result.list_requests()
+    run = result.runs[0]
+    return Row(
+        f"1 new + 1 late upload ({result.late_days:,} days old, list position "
+        f"{result.position:,} of {result.listed:,}): requests",
+        f"{kinds(run)} ({lists} list requests)",
+        "downloads + ≤ 3 list requests (count + pages)",
+        lists <= 3,
+        f"Garmin lists by start time, so the late upload sat at position {result.position:,}; "
+        f"the walk read pages until it found it (start/limit: {pages_read(run)})",
+    )
+
+
+def first_sync_rows(small: FirstSync, big: FirstSync, rss_context: str) -> list[Row]:
+    rows = []
+    for sync in (small, big):
+        run = sync.runs[0]
+        pages = math.ceil(sync.n / 1000)
+        others = run.requests - run.count(DOWNLOAD_PATH) - run.count(LIST_PATH)
+        rows.append(
+            Row(
+                f"First sync of {sync.n:,}: requests",
+                kinds(run),
+                f"{sync.n:,} downloads + {pages} list page{'s' * (pages != 1)}, no other",
+                run.count(DOWNLOAD_PATH) == sync.n and run.count(LIST_PATH) == pages and not others,
+                f"{kinds(run)}: the count request is made on a first run too",
+            )
+        )
+    for sync in (small, big):
+        per, floor = sync.per_activity(), median(sync.baseline)
+        connections = int(median([r.connections for r in sync.runs]))
+        rows.append(
+            Row(
+                f"First sync of {sync.n:,}: local time per activity (median of {len(sync.runs)})",
+                f"{ms(per)} = {sync.relative():.2f}× baseline",
+                "< 5 ms",
+                per < PER_ACTIVITY_TARGET,
+                f"garminsync opened {connections:,} HTTPS connection(s) for {sync.n:,} "
+                f"activities; the baseline (garminconnect's download, a fresh connection "
+                f"per request, plus an fsynced write) costs {ms(floor)} per activity here, "
+                f"against garminsync's {ms(per)}",
+            )
+        )
+    ratio = big.relative() / small.relative()
+    raw = big.per_activity() / small.per_activity()
+    rows.append(
+        Row(
+            f"First sync: {big.n:,}/{small.n:,} per-activity ratio",
+            f"{ratio:.2f} (each over its paired baseline; raw {raw:.2f})",
+            "≤ 1.3",
+            ratio <= SCALING_TARGET,
+            f"{big.relative():.2f}× baseline per activity at {big.n:,} against "
+            f"{small.relative():.2f}× at {small.n:,}: something grows with the history",
+        )
+    )
+    rss = max(r.maxrss for r in big.runs)
+    rows.append(
+        Row(
+            f"First sync of {big.n:,}: peak RSS (highest of {len(big.runs)})",
+            f"{rss / 1e6:.1f} MB",
+            "< 80 MB",
+            rss < RSS_TARGET,
+            f"peak RSS of other runs: {rss_context}",
+        )
+    )
+    return rows
+
+
+def rss_context(small: FirstSync, noop: list[Run], local: LocalFigures) -> str:
+    """Peak RSS of the other runs, to tell where a first sync's memory goes."""
+    figures = [
+        ("`python -c pass` (the launcher's floor)", local.baseline),
+        ("`--status --offline` (the manifest, no garminconnect)", local.runs["--status --offline"]),
+        ("a no-op sync (garminconnect and the manifest)", noop),
+        (f"the first sync of {small.n:,}", small.runs),
+    ]
+    return ", ".join(f"{what} {max(r.maxrss for r in runs) / 1e6:.0f} MB" for what, runs in figures)
+
+
+def local_rows(local: LocalFigures, known: int, compile_s: float, manifest_bytes: int) -> list[Row]:
+    base = median([r.wall for r in local.baseline])
+    help_ratio = median([r.wall for r in local.runs["--help"]]) / base
+    slowest = ", ".join(f"{m} {ms(t)}" for m, t in local.imports["--help"].slowest[:4])
+    startup = (
+        f"`--help` alone is {help_ratio:.1f}×: compiling the script, on every start as it "
+        f"runs as a script, takes {ms(compile_s)} ({compile_s / base:.1f}× `python -c pass`), "
+        f"and its slowest imports (-X importtime, inflated) are {slowest}"
+    )
+    rows = []
+    for name, runs in local.runs.items():
+        ratio = median([r.wall for r in runs]) / base
+        cause = startup
+        if name != "--help":
+            spots = ", ".join(f"{where} {ms(t)}" for where, t in local.hotspots[name])
+            cause += (
+                f"; reading the {manifest_bytes / 1e6:.1f} MB manifest and scanning DEST "
+                f"add {ratio - help_ratio:.1f}×, most of it in (cProfile self time beyond "
+                f"`--help`'s, inflated) {spots}"
+            )
+        over = "" if name == "--help" else f" ({known:,} activities)"
+        rows.append(
+            Row(
+                f"`{name}`{over}: time (median of {len(runs)})",
+                f"{ratio:.1f}× `python -c pass`",
+                "≤ 4×",
+                ratio <= LOCAL_RATIO_TARGET,
+                cause,
+            )
+        )
+    heavy = {name: sorted(i.packages & set(HEAVY_MODULES)) for name, i in local.imports.items()}
+    offenders = "; ".join(f"`{n}`: {', '.join(m)}" for n, m in heavy.items() if m)
+    rows.append(
+        Row(
+            "Local commands above: imports garminconnect, requests or curl_cffi?",
+            offenders or "none",
+            "none",
+            not offenders,
+            f"imported: {offenders}",
+        )
+    )
+    return rows
+
+
+def side_by_side_rows(noop: list[Run], others: dict[str, list[Run]], known: int) -> list[Row]:
+    ours_requests = median([r.requests for r in noop])
+    ours_bytes = median([r.bytes for r in noop])
+    labels = {
+        "newest-1000": "listing the newest 1,000 every run",
+        "all-100": "listing all activities, 100 per page",
+    }
+    rows = []
+    for style, runs in others.items():
+        requests, size = median([r.requests for r in runs]), median([r.bytes for r in runs])
+        rows.append(
+            Row(
+                f"No-op run ({known:,} activities), {labels[style]}",
+                f"{requests:,.0f} request{'s' * (requests != 1)}, {size / 1e6:.2f} MB = "
+                f"{requests / ours_requests:,.0f}× the requests, "
+                f"{size / ours_bytes:,.0f}× the bytes of garminsync's",
+                "(comparison)",
+                None,
+            )
+        )
+    return rows
+
+
+def print_report(
+    rows: list[Row],
+    notes: list[str],
+    command: str,
+    started: datetime,
+    wall: float,
+    load_at_start: float,
+) -> None:
+    out = [
+        "## garminsync benchmark",
+        "",
+        f"Date: {started:%Y-%m-%d %H:%M} UTC. Command: `{command}` ({wall / 60:.1f} min). "
+        f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average (1 min) at start {load_at_start:.2f}, at the end "
+        f"{os.getloadavg()[0]:.2f}.",
+        "",
+        "| measure | result | target | met? |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        short = "see below" if row.met is False else ""
+        out.append(f"| {row.measure} | {row.result} | {row.target} | {mark(row.met, short)} |")
+    missed = [row for row in rows if row.met is False]
+    out += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    out += ["", "Missed targets:" if missed else "All targets met.", ""]
+    out += [f"- {row.measure}: {row.cause}." for row in missed]
+    print("\n".join(out))
+
+
+# ---------------------------------------------------------------------------------------
+# Main.
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="repetitions per figure (5)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=540,
+        help="seconds the whole benchmark may take; bounds the repetitions of the big "
+        "first sync (540)",
+    )
+    parser.add_argument("--small", type=int, default=1000, help="the small history (1000)")
+    parser.add_argument("--big", type=int, default=10000, help="the big history (10000)")
+    parser.add_argument(
+        "--script",
+        type=Path,
+        default=SCRIPT,
+        help="the garminsync.py to measure (default: the repository's), e.g. an older "
+        "version to compare with",
+    )
+    return parser.parse_args(argv)
+
+
+def check_environment() -> None:
+    try:
+        import garminconnect  # noqa: F401, PLC0415
+    except ImportError:
+        raise BenchError(f"{sys.executable} cannot import garminconnect; run `make venv` first")
+
+
+def invocation() -> str:
+    """The command as typed, with the interpreter relative to the repository."""
+    python = Path(sys.executable)
+    with_venv = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else python.name
+    return shlex.join([str(with_venv), *sys.argv])
+
+
+def started_fake(ca: trustme.CA, n: int) -> BenchFake:
+    fake = BenchFake(ca).start()
+    add_many_activities(fake, n, first_id=FIRST_ID, newest=NEWEST)
+    return fake
+
+
+def run_all(args: argparse.Namespace, workdir: Path) -> None:
+    started, load_at_start = datetime.now(timezone.utc), os.getloadavg()[0]
+    ca = trustme.CA()
+    ca_pem = workdir / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    runner = Runner(workdir, timeout=max(600.0, args.budget))
+    bench = Bench(runner, ca_pem, args.runs, args.budget, args.script.resolve())
+
+    say(f"first syncs of {args.small:,} (with the per-activity baseline)")
+    small_fake = started_fake(ca, args.small)
+    small = FirstSync(args.small)
+    try:
+        for _ in range(bench.runs):
+            measure_first_sync(bench, small_fake, small)
+    finally:
+        small_fake.stop()
+
+    say(f"building the fake with {args.big:,} activities")
+    fake = started_fake(ca, args.big)
+    big = FirstSync(args.big)
+    template = bench.workdir / f"template-{args.big}"
+    try:
+        measure_first_sync(bench, fake, big, keep=template)
+        manifest_bytes = (template / "garminsync.json").stat().st_size
+
+        say("no-op syncs, and the other designs' no-op runs")
+        noop = measure_noop(bench, fake, template)
+        others = measure_other_clients(bench, fake)
+
+        say("runs after 1 new activity and 1 late upload")
+        next_id = FIRST_ID + args.big
+        late = [
+            measure_new_and_late(bench, fake, template, days, next_id + 2 * i)
+            for i, days in enumerate(LATE_UPLOAD_DAYS)
+        ]
+
+        say("local commands")
+        local = measure_local(bench, fake, template)
+
+        while len(big.runs) < bench.runs:
+            needed = 1.15 * max(r.wall for r in big.runs) + 10
+            if bench.elapsed() + needed > bench.budget:
+                say(f"budget: {len(big.runs)} runs of the {args.big:,} first sync fit")
+                break
+            measure_first_sync(bench, fake, big)
+    finally:
+        fake.stop()
+
+    compile_s = compile_time(bench.script)
+    rows = (
+        noop_rows(noop, args.big)
+        + [new_and_late_row(result) for result in late]
+        + first_sync_rows(small, big, rss_context(small, noop, local))
+        + local_rows(local, args.big, compile_s, manifest_bytes)
+        + side_by_side_rows(noop, others, args.big)
+    )
+    notes = method_notes(args, small, big, local, noop)
+    print_report(rows, notes, invocation(), started, bench.elapsed(), load_at_start)
+
+
+def method_notes(
+    args: argparse.Namespace,
+    small: FirstSync,
+    big: FirstSync,
+    local: LocalFigures,
+    noop: list[Run],
+) -> list[str]:
+    baseline = small.baseline + big.baseline
+    notes = [
+        f"Timings are medians of {args.runs} whole-process runs unless the row says otherwise; "
+        f"`python -c pass` took {ms(median([r.wall for r in local.baseline]))} (median of "
+        f"{len(local.baseline)}, interleaved with the local commands).",
+        "Local time per activity = (wall time of the whole first-sync process − CPU time the "
+        "fake spent on its connections) / activities; the fake runs in the benchmark's "
+        f"threads and took {ms(small.fake_share())} ({small.n:,}) and "
+        f"{ms(big.fake_share())} ({big.n:,}) of CPU per activity.",
+        f"Per-activity baseline: {ms(median(baseline))} (median; from "
+        f"{ms(min(baseline))} to {ms(max(baseline))} as the machine's load changed) = "
+        "garminconnect's own download (a fresh HTTPS connection through the proxy per "
+        "request, as the library does) plus unzip and an fsynced write renamed into place, "
+        f"timed over {REFERENCE_ACTIVITIES} activities in one process just before each first "
+        "sync, the fake's CPU taken out. It is the floor for any tool built on "
+        "garminconnect's download; each first sync is divided by its own baseline run.",
+        "Requests and bytes: the fake's log; bytes are HTTP status line + headers + body "
+        "(TLS and proxy overhead not counted). Peak RSS: `ru_maxrss` of that one process, "
+        "started by a small launcher (a child of the benchmark itself would count the "
+        "benchmark's memory too).",
+        "The fake is the tests' fake with TCP_NODELAY on its sockets (it writes headers and "
+        "body apart, which otherwise stalls each answer about 40 ms on Nagle's algorithm), "
+        "a cached listing and cached zips; its answers are byte-identical.",
+        f"Connections: garminsync opened {median([r.connections for r in big.runs]):,.0f} "
+        f"HTTPS connection(s) (through the proxy) in the {big.n:,} first sync, at most "
+        f"{max(r.max_connections for r in big.runs):,} open at once.",
+    ]
+    if len(big.runs) < args.runs:
+        notes.append(
+            f"Only {len(big.runs)} run(s) of the {big.n:,} first sync fit in the "
+            f"{args.budget:.0f} s budget (the whole `make bench` must stay under ten minutes "
+            f"on this machine), not {args.runs}: its figures are the median of "
+            f"{len(big.runs)}."
+        )
+    if any(r.count(COUNT_PATH) != 1 for r in noop):
+        notes.append("A no-op run did not make exactly one count request.")
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_environment()
+        with tempfile.TemporaryDirectory(prefix="garminsync-bench-") as tmp:
+            run_all(args, Path(tmp))
+    except BenchError as err:
+        print(f"bench: failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
