@@ -113,8 +113,9 @@ class FakeStrava:
         self.usage = [n + 1 for n in self.usage]
         if not is_upload:
             self.read_usage = [n + 1 for n in self.read_usage]
-        over = any(u > lim for u, lim in zip(self.usage, self.limits)) or (
-            not is_upload and any(u > lim for u, lim in zip(self.read_usage, self.read_limits))
+        over = any(u > lim for u, lim in zip(self.usage, self.limits, strict=True)) or (
+            not is_upload
+            and any(u > lim for u, lim in zip(self.read_usage, self.read_limits, strict=True))
         )
         if over:
             reply = json_reply({"message": "Rate Limit Exceeded"}, 429)
@@ -130,11 +131,14 @@ class FakeStrava:
         return reply
 
     def _limit_headers(self) -> dict[str, str]:
+        def pair(values: Any) -> str:
+            return ",".join(str(v) for v in values)
+
         return {
-            "X-RateLimit-Limit": "%d,%d" % self.limits,
-            "X-RateLimit-Usage": "%d,%d" % tuple(self.usage),
-            "X-ReadRateLimit-Limit": "%d,%d" % self.read_limits,
-            "X-ReadRateLimit-Usage": "%d,%d" % tuple(self.read_usage),
+            "X-RateLimit-Limit": pair(self.limits),
+            "X-RateLimit-Usage": pair(self.usage),
+            "X-ReadRateLimit-Limit": pair(self.read_limits),
+            "X-ReadRateLimit-Usage": pair(self.read_usage),
         }
 
     def _upload(self, req: Request) -> Reply:

@@ -132,7 +132,7 @@ def test_polls_wait_at_least_a_second_between_them(garmin, strava, run, bare_env
     assert run("--strava", "--dest", dest, env=bare_env).returncode == 0
     polls = [e.time for e in strava_requests(garmin) if e.method == "GET"]
     assert len(polls) == 3
-    assert all(b - a >= 0.95 for a, b in zip(polls, polls[1:]))
+    assert all(b - a >= 0.95 for a, b in zip(polls, polls[1:], strict=False))
 
 
 def test_a_kill_right_after_a_token_refresh_does_not_lose_the_rotated_token(
