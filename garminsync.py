@@ -176,6 +176,11 @@ class Fatal(Exception):
         self.code = code
 
 
+def fatal_level(err: Fatal) -> str:
+    """Temporary trouble (exit 75) is a warning: the next run goes on by itself."""
+    return "warning" if err.code == EXIT_TEMPFAIL else "error"
+
+
 class Interrupted(BaseException):
     """Raised by the SIGINT/SIGTERM handler so every wait ends at once."""
 
@@ -198,7 +203,20 @@ def on_stop_signal(signum: int, _frame: Any) -> None:
 DEFAULT_DELAY = 2.0
 DEFAULT_TIMEOUT = 120.0
 NETRC_MACHINES = ("garmin.com", "connect.garmin.com", "sso.garmin.com")
-LOGIN_HINT = "run `python garminsync.py --login` once"
+
+
+def run_hint(flag: str) -> str:
+    """'run `python garminsync.py --login` once', naming the command as it was started."""
+    script = sys.argv[0] if sys.argv[0].endswith(".py") else "garminsync.py"
+    command = (
+        "python garminsync.py"
+        if script == "garminsync.py"
+        else (f"{sys.executable} {Path(script).resolve()}")
+    )
+    return f"run `{command} {flag}` once"
+
+
+LOGIN_HINT = run_hint("--login")
 
 
 @dataclasses.dataclass
@@ -342,13 +360,13 @@ def remove_stale_temp_files(directory: Path) -> int:
 # or a saved garth session), and the pacing, retries and timeouts around every request.
 
 
-def read_saved_tokens() -> str | None:
-    """The saved session's JSON text, or None when there is no usable one (warns why)."""
+def read_saved_tokens() -> tuple[str | None, str]:
+    """The saved session's JSON text, or None and why there is no usable one."""
     path = token_file()
     try:
         st = path.stat()
     except FileNotFoundError:
-        return None
+        return None, "no saved Garmin session"
     if st.st_mode & 0o077:
         emit("warning", f"{path} was readable by group or others; tightened it to 0600")
         with contextlib.suppress(OSError):
@@ -357,14 +375,12 @@ def read_saved_tokens() -> str | None:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text)
     except (OSError, ValueError) as err:
-        emit("warning", f"the saved session {path} is unreadable ({err.__class__.__name__})")
-        return None
+        return None, f"the saved session {path} is unreadable ({err.__class__.__name__})"
     if not isinstance(data, dict) or not isinstance(data.get("di_token"), str):
-        emit("warning", f"the saved session {path} holds no token")
-        return None
+        return None, f"the saved session {path} holds no token"
     for key in ("di_token", "di_refresh_token"):
         add_secret(data.get(key) if isinstance(data.get(key), str) else None)
-    return text
+    return text, ""
 
 
 def save_tokens(text: str) -> None:
@@ -452,13 +468,13 @@ def open_seam(settings: Settings) -> Seam:
         seam = garth_seam(os.environ["GARTH_HOME"], settings.timeout)
         if seam:
             return seam
-    tokens = read_saved_tokens()
+    tokens, problem = read_saved_tokens()
     if tokens is None:
-        tokens = login(interactive=False)
+        tokens = login(interactive=False, problem=problem)
     return garminconnect_seam(tokens, settings.timeout)
 
 
-def login(interactive: bool) -> str:
+def login(interactive: bool, problem: str = "") -> str:
     """Log in with garminconnect, save the session and return its token text."""
     email_addr, password = find_credentials()
     if interactive:
@@ -468,7 +484,8 @@ def login(interactive: bool) -> str:
         password = password or getpass.getpass("Garmin Connect password: ")
         add_secret(password)
     if not (email_addr and password):
-        raise Fatal(EXIT_AUTH, f"no saved Garmin session and no credentials; {LOGIN_HINT}")
+        reason = f"{problem} and no credentials" if problem else "no email or password given"
+        raise Fatal(EXIT_AUTH, f"{reason}; {LOGIN_HINT}")
     from garminconnect.client import Client  # noqa: PLC0415
     from garminconnect.exceptions import (  # noqa: PLC0415
         GarminConnectAuthenticationError,
@@ -1168,7 +1185,7 @@ STRAVA_SCOPE = "activity:write,activity:read_all"
 STRAVA_POLL_FOR = 60.0  # seconds to wait for Strava to process one upload, then next run
 STRAVA_RESERVE = 5  # requests left unused in every rate-limit window
 STRAVA_ATTEMPTS = 3  # uploads Strava rejected are tried this often in all
-STRAVA_LOGIN_HINT = "run `python garminsync.py --strava-login` once"
+STRAVA_LOGIN_HINT = run_hint("--strava-login")
 DUPLICATE = re.compile(r"duplicate of\D*?(\d+)", re.I)
 
 
@@ -1850,7 +1867,7 @@ def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> 
             try:
                 codes.append(step(settings, store, summary))
             except Fatal as err:
-                emit("error", str(err))
+                emit(fatal_level(err), str(err))
                 summary.error = str(err)
                 codes.append(err.code)
             except OSError as err:
@@ -1979,7 +1996,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         return cmd_sync(settings)
     except Fatal as err:
-        emit("error", str(err))
+        emit(fatal_level(err), str(err))
         return err.code
     except Interrupted as stop:
         emit(

@@ -19,6 +19,9 @@ Method, in short (the printed notes say it again, with the figures):
   garminsync waits for every answer, so the fake's work is on garminsync's critical path.
   The fake is also made fast (TCP_NODELAY, cached listing and zips), so that little is left
   to subtract.
+* Per-activity time is also given as a ratio to a baseline run just before each first sync:
+  REFERENCE_LOOP, garminconnect's own download plus an fsynced write per activity. The
+  10,000/1,000 ratio compares those ratios, so the machine's drift between the runs cancels.
 * Peak RSS is ``ru_maxrss`` of each child, taken by a small launcher process (see LAUNCHER).
 * The first sync of 10,000 activities is repeated as often as the time budget allows (at
   most ``--runs``); the table says how many runs its figures are the median of.
@@ -30,6 +33,7 @@ itself could not measure (garminsync failed a run, the fake broke, a run hung).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -295,10 +299,12 @@ class Runner:
         try:
             proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_group(proc)
             command = shlex.join(map(str, argv))[:120]
             raise BenchError(f"{command} hung; killed after {self.timeout:.0f} s")
+        except BaseException:  # Ctrl-C: the run is in its own session, so stop it too
+            kill_group(proc)
+            raise
         if proc.returncode != 0:
             raise BenchError(f"the launcher failed (exit {proc.returncode})")
         measured = json.loads(files[0].read_text())
@@ -316,6 +322,13 @@ class Runner:
             run.connections = fake.connections
             run.max_connections = fake.max_open_connections
         return run
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill a launcher and the run it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @dataclass
@@ -1080,6 +1093,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as err:
         print(f"bench: failed: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -48,7 +49,10 @@ def temp_files(dest: Path) -> list[str]:
 
 
 def one_error_line(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if "error:" in line]
+    """The one problem line: an error, or a warning for temporary trouble (exit 75)."""
+    errors = [
+        line for line in stderr.splitlines() if re.match(r"garminsync: (error|warning):", line)
+    ]
     assert len(errors) == 1, stderr
     assert "Traceback" not in stderr
     return errors[0]

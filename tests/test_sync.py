@@ -11,10 +11,12 @@ import json
 import os
 import re
 import stat
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import SCRIPT
 from fake_garmin import (
     GPX_ID,
     MANUAL_ID,
@@ -372,7 +374,7 @@ def test_no_credentials_and_no_session_exit_3_with_the_login_hint(garmin, run, b
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         "garminsync: error: no saved Garmin session and no credentials; "
-        "run `python garminsync.py --login` once"
+        f"run `{sys.executable} {SCRIPT} --login` once"
     ]
 
 
