@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 # The one source of truth for the dependency: the PEP 723 header of garminsync.py.
 DEPS   := $(shell sed -n '/^# \/\/\/ script/,/^# \/\/\/$$/p' garminsync.py | grep -o '"garminconnect[^"]*"' | tr -d '"')
 
-.PHONY: test lint venv clean
+.PHONY: test lint venv clean bench soak
 
 $(VENV)/.installed: garminsync.py tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ lint: venv
 
 test: lint
 	$(VPY) -m pytest
+
+# What a run costs Garmin, the network and the machine (not part of `make test`).
+bench: venv
+	$(VPY) bench/bench.py
+
+# The kill -9 campaign, longer: 200 kills instead of 20 (FAULT_SEED=n reproduces one).
+soak: venv
+	KILL_TRIALS=$${KILL_TRIALS:-200} $(VPY) -m pytest tests/test_crash.py -s -o timeout=3600
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
