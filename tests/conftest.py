@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 import trustme
-from fake_garmin import FakeGarmin, add_many_activities, load_real_account, zip_of
+from fake_garmin import (
+    CA_VARIABLES,
+    PROXY_VARIABLES,
+    FakeGarmin,
+    add_many_activities,
+    load_real_account,
+    routing_env,
+    zip_of,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "garminsync.py"
@@ -93,20 +101,11 @@ def bare_env(garmin: FakeGarmin, ca_bundle: Path, tmp_path: Path) -> dict[str, s
     """Subprocess environment routed through the fake, with no saved session."""
     env = _clean_environ()
     state = tmp_path / "state"
-    proxy = garmin.proxy_url
     env.update(
+        routing_env(garmin.proxy_url, ca_bundle),
         HOME=str(tmp_path),
         XDG_STATE_HOME=str(state),
         GARMINTOKENS=str(state / "garminsync"),
-        HTTPS_PROXY=proxy,
-        https_proxy=proxy,
-        HTTP_PROXY=proxy,
-        http_proxy=proxy,
-        ALL_PROXY=proxy,
-        all_proxy=proxy,
-        REQUESTS_CA_BUNDLE=str(ca_bundle),
-        SSL_CERT_FILE=str(ca_bundle),
-        CURL_CA_BUNDLE=str(ca_bundle),
         GARMINSYNC_DELAY="0",
         PYTHONDONTWRITEBYTECODE="1",
     )
@@ -137,17 +136,7 @@ def proxy_env(monkeypatch: pytest.MonkeyPatch, bare_env: dict[str, str]) -> dict
     for key in list(os.environ):
         if key in _DROPPED or key.startswith(_DROPPED_PREFIXES):
             monkeypatch.delenv(key)
-    for key in (
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "REQUESTS_CA_BUNDLE",
-        "SSL_CERT_FILE",
-        "CURL_CA_BUNDLE",
-    ):
+    for key in PROXY_VARIABLES + CA_VARIABLES:
         monkeypatch.setenv(key, bare_env[key])
     return bare_env
 

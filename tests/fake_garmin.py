@@ -191,6 +191,24 @@ def _type_matches(activity: dict[str, Any], type_key: str) -> bool:
 # --------------------------------------------------------------------------- files
 
 
+PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+
+
+def routing_env(proxy_url: str, ca_bundle: str | os.PathLike[str]) -> dict[str, str]:
+    """The variables that send a client's traffic through the fake and trust only its CA."""
+    env = dict.fromkeys(PROXY_VARIABLES, proxy_url)
+    env.update(dict.fromkeys(CA_VARIABLES, str(ca_bundle)))
+    return env
+
+
 def zip_of(member_name: str, data: bytes) -> bytes:
     """A deflated zip holding one member, as Garmin serves an activity original."""
     buf = io.BytesIO()

@@ -472,6 +472,8 @@ def test_dependency_range_has_one_source_the_script_header():
     assert re.findall(r'"(garminconnect[^"]*)"', header) == ["garminconnect>=0.3.2,<0.4"]
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     assert "0.3.2" not in makefile and "garminsync.py" in makefile
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert set(re.findall(r"'(garminconnect[^']*)'", readme)) == {"garminconnect>=0.3.2,<0.4"}
     from importlib.metadata import version
 
     major, minor, patch = (int(x) for x in version("garminconnect").split(".")[:3])
