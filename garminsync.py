@@ -5,32 +5,18 @@
 #     "garminconnect>=0.3.2,<0.4",
 # ]
 # ///
-"""garminsync: keep a local copy of the original file of every Garmin Connect activity.
+"""garminsync: keep a local copy of the original file of every Garmin Connect activity,
+and optionally upload each new one to Strava.
 
-Usage:
-    python garminsync.py [ACTION] [OPTIONS]
-
-Actions (at most one; default --missing):
-    --missing                        download every activity not yet in DEST
-    --list {all,missing,downloaded}  print activities (id, start, type, name, status)
-    --status                         counts by status, the last run, the session
-    --login                          log in interactively (MFA too), then save the session
-
-Options:
-    --dest DIR        where the files go; default $GARMINSYNC_DEST, else ~/fit
-    --offline         with --list/--status: read the manifest only, no network
-    --since DATE / --until DATE      only activities whose local start date is in range
-    --delay SECONDS   fixed pause between two Garmin requests; default $GARMINSYNC_DELAY or 2
-    --limit N         download at most N activities this run
-    --dry-run         show what --missing would download; write nothing
-    --json            machine-readable output for --list and --status
-    -v / -q           more / less output;  --version, --help
+Usage: python garminsync.py [--missing | --list WHICH | --status | --login | --strava-only |
+--strava-login] [OPTIONS]; --help lists the options, README.md explains them.
 
 Files:
     DEST/activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<fit|gpx|tcx>   the originals (local start time)
     DEST/garminsync.json     the manifest: what is known of every activity, and the last run
     DEST/.garminsync.lock    held while a run works on DEST (one run per DEST)
     $GARMINTOKENS/garmin_tokens.json   the saved session (default ~/.local/state/garminsync)
+    strava_tokens.json       beside it, the Strava authorisation (--strava-login)
 
 Credentials (only needed to log in): GARMIN_EMAIL/GARMIN_PASSWORD, else ~/.netrc
 (machine garmin.com, connect.garmin.com or sso.garmin.com), else systemd credentials
@@ -63,10 +49,12 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __version__ = "0.1.0"
 
@@ -97,10 +85,16 @@ class OutputState:
 OUT = OutputState()
 
 
-def add_secret(value: str | None) -> None:
-    """Remember a value that must never appear in any output."""
-    if value and len(value) >= 4:
+def add_secret(value: Any) -> None:
+    """Remember a value that must never appear in any output (non-strings are ignored)."""
+    if isinstance(value, str) and len(value) >= 4:
         SECRETS.add(value)
+
+
+def add_token_secrets(text: str) -> None:
+    """Remember every token-like string of a session's JSON text as a secret."""
+    for value in re.findall(r'"([A-Za-z0-9._\-]{20,})"', text):
+        add_secret(value)
 
 
 def redact(text: str) -> str:
@@ -144,6 +138,16 @@ def clear_progress() -> None:
         OUT.progress_shown = False
 
 
+def describe(entry: dict) -> str:
+    """'1234 2024-05-01 running' for messages."""
+    return f"{entry['id']} {entry['start_local'][:10]} {entry['type']}"
+
+
+def printable(text: str) -> str:
+    """An activity name on one line: control characters become spaces."""
+    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
+
+
 class LogBridge(logging.Handler):
     """Send library log records (garminconnect, urllib3) through emit(), scrubbed."""
 
@@ -157,9 +161,7 @@ class LogBridge(logging.Handler):
 
 def setup_output(verbosity: int) -> None:
     """Pick the threshold and the line format for this process's stderr."""
-    OUT.threshold = {-1: PRIORITIES["warning"], 0: PRIORITIES["info"]}.get(
-        verbosity, PRIORITIES["debug"]
-    )
+    OUT.threshold = PRIORITIES[{-1: "warning", 0: "info"}.get(verbosity, "debug")]
     OUT.journal = bool(os.environ.get("JOURNAL_STREAM"))
     OUT.progress = sys.stderr.isatty() and not OUT.journal and verbosity >= 0
     root = logging.getLogger()
@@ -207,12 +209,9 @@ NETRC_MACHINES = ("garmin.com", "connect.garmin.com", "sso.garmin.com")
 
 def run_hint(flag: str) -> str:
     """'run `python garminsync.py --login` once', naming the command as it was started."""
-    script = sys.argv[0] if sys.argv[0].endswith(".py") else "garminsync.py"
-    command = (
-        "python garminsync.py"
-        if script == "garminsync.py"
-        else (f"{sys.executable} {Path(script).resolve()}")
-    )
+    command = "python garminsync.py"
+    if sys.argv[0].endswith(".py") and sys.argv[0] != "garminsync.py":
+        command = f"{sys.executable} {Path(sys.argv[0]).resolve()}"
     return f"run `{command} {flag}` once"
 
 
@@ -221,7 +220,7 @@ LOGIN_HINT = run_hint("--login")
 
 @dataclasses.dataclass
 class Settings:
-    action: str = "missing"  # missing | list | status | login
+    action: str = "missing"  # missing | list | status | login | strava-only | strava-login
     list_filter: str = "all"
     dest: Path = Path("~/fit")
     offline: bool = False
@@ -237,37 +236,17 @@ class Settings:
     strava_since: dt.date | None = None
 
 
-def env_seconds(name: str, default: float) -> float:
-    """A non-negative number of seconds from the environment, or exit 2 saying what is wrong."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 86400:
-        raise Fatal(EXIT_USAGE, f"{name}={raw!r} is not a number of seconds; fix or unset it")
-    return value
-
-
-def token_store() -> Path:
-    """The directory holding garmin_tokens.json: $GARMINTOKENS, else the XDG state dir."""
+def token_file() -> Path:
+    """The saved session (garminconnect 0.3's format): $GARMINTOKENS, a folder or a .json
+    file; else garmin_tokens.json in the XDG state dir."""
     if os.environ.get("GARMINTOKENS"):
         path = Path(os.environ["GARMINTOKENS"]).expanduser()
-        return path.parent if path.suffix == ".json" else path
+        return path if path.suffix == ".json" else path / "garmin_tokens.json"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state).expanduser() / "garminsync"
+    return Path(state).expanduser() / "garminsync" / "garmin_tokens.json"
 
 
-def token_file() -> Path:
-    """The saved session file, in garminconnect 0.3's format."""
-    if os.environ.get("GARMINTOKENS", "").endswith(".json"):
-        return Path(os.environ["GARMINTOKENS"]).expanduser()
-    return token_store() / "garmin_tokens.json"
-
-
-def netrc_credentials(machines: tuple[str, ...] = NETRC_MACHINES) -> tuple[str | None, str | None]:
+def netrc_credentials(machines: tuple[str, ...]) -> tuple[str | None, str | None]:
     """Login and password of the first of these machines in ~/.netrc (warns if loose)."""
     path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
     if not path.is_file():
@@ -297,17 +276,19 @@ def systemd_credential(name: str) -> str | None:
         return None
 
 
-def find_credentials() -> tuple[str | None, str | None]:
-    """Email and password from the environment, ~/.netrc, or systemd credentials, in that order."""
-    email_addr = os.environ.get("GARMIN_EMAIL") or None
-    password = os.environ.get("GARMIN_PASSWORD") or None
-    if not (email_addr and password):
-        n_email, n_password = netrc_credentials()
-        email_addr, password = email_addr or n_email, password or n_password
-    email_addr = email_addr or systemd_credential("garmin_email")
-    password = password or systemd_credential("garmin_password")
-    add_secret(password)
-    return email_addr, password
+def find_credentials(
+    names: tuple[str, str], machines: tuple[str, ...]
+) -> tuple[str | None, str | None]:
+    """A user and secret from the environment (the names in upper case), the first of these
+    machines in ~/.netrc, or systemd credentials (the names as given), in that order."""
+    user, secret = (os.environ.get(name.upper()) or None for name in names)
+    if not (user and secret):
+        netrc_user, netrc_secret = netrc_credentials(machines)
+        user, secret = user or netrc_user, secret or netrc_secret
+    user = user or systemd_credential(names[0])
+    secret = secret or systemd_credential(names[1])
+    add_secret(secret)
+    return user, secret
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,13 +307,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write bytes to path atomically with the given permissions."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """A temp file beside path that becomes path (fsynced) only if the block succeeds."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), mode)
-            out.write(data)
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -343,16 +325,19 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def remove_stale_temp_files(directory: Path) -> int:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write bytes to path atomically with the given permissions."""
+    with atomic_file(path, mode) as out:
+        out.write(data)
+
+
+def remove_stale_temp_files(directory: Path) -> None:
     """Delete temp files a killed run left behind (only ours: the lock says no run is live)."""
-    removed = 0
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(directory):
             if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-                    removed += 1
-    return removed
 
 
 # ---------------------------------------------------------------------------------------
@@ -378,8 +363,8 @@ def read_saved_tokens() -> tuple[str | None, str]:
         return None, f"the saved session {path} is unreadable ({err.__class__.__name__})"
     if not isinstance(data, dict) or not isinstance(data.get("di_token"), str):
         return None, f"the saved session {path} holds no token"
-    for key in ("di_token", "di_refresh_token"):
-        add_secret(data.get(key) if isinstance(data.get(key), str) else None)
+    add_secret(data["di_token"])
+    add_secret(data.get("di_refresh_token"))
     return text, ""
 
 
@@ -429,19 +414,18 @@ def garth_seam(home: str, timeout: float) -> Seam | None:
     with contextlib.suppress(Exception):
         client.configure(timeout=timeout)
 
-    def dump() -> str | None:
+    def dump() -> str:
+        """The session as {file name: content}, the way garth saves it in $GARTH_HOME."""
+        files = {"oauth1_token.json": client.oauth1_token, "oauth2_token.json": client.oauth2_token}
         return json.dumps(
-            {
-                "oauth1_token.json": dataclasses.asdict(client.oauth1_token),
-                "oauth2_token.json": dataclasses.asdict(client.oauth2_token),
-            },
-            sort_keys=True,
+            {name: dataclasses.asdict(t) for name, t in files.items()}, sort_keys=True
         )
 
     def persist(text: str) -> None:
         for name, value in json.loads(text).items():
             atomic_write(Path(home).expanduser() / name, json.dumps(value).encode(), 0o600)
 
+    add_token_secrets(dump())
     return Seam(client, {}, dump, persist)
 
 
@@ -476,7 +460,7 @@ def open_seam(settings: Settings) -> Seam:
 
 def login(interactive: bool, problem: str = "") -> str:
     """Log in with garminconnect, save the session and return its token text."""
-    email_addr, password = find_credentials()
+    email_addr, password = find_credentials(("garmin_email", "garmin_password"), NETRC_MACHINES)
     if interactive:
         import getpass  # noqa: PLC0415
 
@@ -492,11 +476,8 @@ def login(interactive: bool, problem: str = "") -> str:
         GarminConnectTooManyRequestsError,
     )
 
-    def ask_mfa() -> str:
-        if not interactive:
-            raise Fatal(EXIT_AUTH, f"Garmin asks for a one-time code (MFA); {LOGIN_HINT}")
-        return input("MFA code: ").strip()
-
+    # Without a prompt, garminconnect raises an authentication error that names MFA.
+    ask_mfa = (lambda: input("MFA code: ").strip()) if interactive else None
     client = Client()
     emit("info", f"logging in to Garmin Connect as {email_addr}")
     try:
@@ -507,13 +488,11 @@ def login(interactive: bool, problem: str = "") -> str:
         raise Fatal(EXIT_AUTH, f"Garmin refused the login ({err}); check the email and password")
     except GarminConnectTooManyRequestsError:
         raise Fatal(EXIT_TEMPFAIL, "Garmin is rate limiting logins; try again in an hour")
-    except Fatal:
-        raise
     except Exception as err:
         raise Fatal(EXIT_TEMPFAIL, f"login failed, Garmin Connect unreachable? ({err})")
     tokens = client.dumps()
     for value in json.loads(tokens).values():
-        add_secret(value if isinstance(value, str) else None)
+        add_secret(value)
     save_tokens(tokens)
     emit("info", f"session saved in {token_file()}")
     return tokens
@@ -533,7 +512,6 @@ class Deadline(Exception):
 
 RETRIES = 3
 MAX_RETRY_AFTER_TOTAL = 300.0  # seconds a run will wait on 429s before stopping with exit 75
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 def on_deadline(_signum: int, _frame: Any) -> None:
@@ -600,18 +578,13 @@ class GarminAPI:
     def get_bytes(self, path: str) -> bytes:
         return self._call(self.seam.client.download, path)
 
-    def _pace(self) -> None:
-        """The fixed delay between the end of one request and the start of the next."""
-        wait = self.last_request + self.delay - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-
     def _call(self, fn: Callable, path: str, **kwargs: Any) -> Any:
+        """One request: paced, time-bounded, 429s waited out, other failures tried 3 times."""
         attempt = 0
         while True:
             answers: list = []
             hooks = {"response": lambda r, *_, seen=answers, **__: seen.append(r)}
-            self._pace()
+            time.sleep(max(0.0, self.last_request + self.delay - time.monotonic()))
             self.requests += 1
             emit("debug", f"GET {path} {kwargs.get('params') or ''}".rstrip())
             try:
@@ -626,39 +599,30 @@ class GarminAPI:
                 if status == 429:
                     self._wait_for_rate_limit(answer)
                     continue
-                self._give_up_unless_worth_retrying(err, status, path)
+                if status in (401, 403):
+                    raise Fatal(
+                        EXIT_AUTH, f"Garmin refused the saved session (HTTP {status}); {LOGIN_HINT}"
+                    )
+                if status == 404:
+                    raise NotFound("HTTP 404") from err
                 attempt += 1
-                if attempt >= RETRIES:
-                    raise RequestFailed(describe_failure(err, status)) from err
+                reason = describe_failure(err, status)
+                if attempt >= RETRIES or 400 <= (status or 0) < 500:  # other 4xx: no retry
+                    raise RequestFailed(reason) from err
                 backoff = max(self.delay, 0.5) * 2 ** (attempt - 1)
-                emit("debug", f"{path}: {describe_failure(err, status)}; retry in {backoff:g}s")
+                emit("debug", f"{path}: {reason}; retry in {backoff:g}s")
                 time.sleep(backoff)
             finally:
                 self.last_request = time.monotonic()
                 self._persist_refreshed_tokens()
-
-    @staticmethod
-    def _give_up_unless_worth_retrying(err: Exception, status: int | None, path: str) -> None:
-        """401/403 end the run (exit 3), 404 means no file, other 4xx fail at once."""
-        if status in (401, 403):
-            raise Fatal(
-                EXIT_AUTH, f"Garmin refused the saved session (HTTP {status}); {LOGIN_HINT}"
-            )
-        if status == 404:
-            raise NotFound("HTTP 404 (no such file)") from err
-        if status is not None and 400 <= status < 500:
-            raise RequestFailed(f"HTTP {status}") from err
 
     def _wait_for_rate_limit(self, answer: Any) -> None:
         """Honour Retry-After within the run's budget; beyond it, stop with exit 75."""
         wait = retry_after_seconds(answer.headers.get("Retry-After"))
         wait = 60.0 if wait is None else wait
         if self.waited_on_429 + wait > MAX_RETRY_AFTER_TOTAL:
-            raise Fatal(
-                EXIT_TEMPFAIL,
-                f"Garmin is rate limiting (HTTP 429, Retry-After "
-                f"{wait:.0f}s); everything so far is saved, the next run goes on",
-            )
+            why = f"Garmin is rate limiting (HTTP 429, Retry-After {wait:.0f}s)"
+            raise Fatal(EXIT_TEMPFAIL, f"{why}; everything so far is saved, the next run goes on")
         emit("warning", f"Garmin is rate limiting (HTTP 429); waiting {wait:.0f}s as asked")
         self.waited_on_429 += wait
         time.sleep(wait)
@@ -667,8 +631,7 @@ class GarminAPI:
         """When the library refreshed the tokens, save them at once (atomically, 0600)."""
         current = self.seam.dump_tokens()
         if current and current != self.saved_tokens:
-            for value in re.findall(r'"([A-Za-z0-9._\-]{20,})"', current):
-                add_secret(value)
+            add_token_secrets(current)
             self.seam.persist(current)
             self.saved_tokens = current
             emit("debug", "tokens refreshed and saved")
@@ -746,12 +709,8 @@ def list_page(api: GarminAPI, start: int, limit: int, settings: Settings) -> tup
     if not isinstance(answer, list):
         raise ListingFailed(f"the activity list answered with {type(answer).__name__}, not a list")
     records = [record for record in map(activity_record, answer) if record is not None]
-    if len(records) < len(answer):
-        emit(
-            "warning",
-            f"skipped {len(answer) - len(records)} listed activities "
-            "without a usable id or start time",
-        )
+    if skipped := len(answer) - len(records):
+        emit("warning", f"skipped {skipped} listed activities without a usable id or start time")
     return records, len(answer)
 
 
@@ -827,6 +786,7 @@ def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> int:
 # (member, size, CRC, content) before it is renamed into place.
 
 ORIGINAL_EXTENSIONS = ("fit", "gpx", "tcx")
+MANUAL = "manual entry: Garmin keeps no file"
 MAX_ORIGINAL_BYTES = 64 * 1024 * 1024  # the largest original (after unzipping) we accept
 
 
@@ -852,7 +812,7 @@ def pick_original(archive: zipfile.ZipFile) -> tuple[zipfile.ZipInfo, str]:
     info, ext = candidates[0]
     if info.file_size > MAX_ORIGINAL_BYTES:
         raise BadArchive(f"the file in the zip is {info.file_size} bytes, over the size cap")
-    return candidates[0]
+    return info, ext
 
 
 def plausible_content(ext: str, head: bytes) -> bool:
@@ -872,52 +832,34 @@ def save_original(dest: Path, record: dict, data: bytes) -> tuple[str, int]:
     with archive:
         info, ext = pick_original(archive)
         name = activity_filename(record, ext)
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=TEMP_PREFIX)
-        try:
-            size = copy_member(archive, info, fd, ext)
-            os.replace(tmp, dest / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    fsync_dir(dest)
+        with atomic_file(dest / name) as out:
+            size = copy_member(archive, info, ext, out)
     return name, size
 
 
-def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, fd: int, ext: str) -> int:
-    """Copy one member into an open temp file, capped, CRC-checked and fsynced."""
-    size = 0
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), 0o644)
-        try:
-            with archive.open(info) as member:
-                head = member.read(64)
-                if not plausible_content(ext, head):
-                    raise BadArchive(f"the .{ext} file in the zip is not a {ext.upper()} file")
-                out.write(head)
-                size = len(head)
-                while chunk := member.read(1024 * 1024):  # the CRC is checked at the end
-                    size += len(chunk)
-                    if size > MAX_ORIGINAL_BYTES:
-                        raise BadArchive("the file in the zip unpacks past the size cap")
-                    out.write(chunk)
-        except (zipfile.BadZipFile, EOFError, zlib_error()) as err:
-            raise BadArchive(f"the zip is damaged ({err})") from err
-        out.flush()
-        os.fsync(out.fileno())
+def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ext: str, out: IO[bytes]) -> int:
+    """Copy one member into an open file, checking its content, size cap and CRC."""
+    try:
+        with archive.open(info) as member:
+            head = member.read(64)
+            if not plausible_content(ext, head):
+                raise BadArchive(f"the .{ext} file in the zip is not a {ext.upper()} file")
+            out.write(head)
+            size = len(head)
+            while chunk := member.read(1024 * 1024):  # the CRC is checked at the end
+                size += len(chunk)
+                if size > MAX_ORIGINAL_BYTES:
+                    raise BadArchive("the file in the zip unpacks past the size cap")
+                out.write(chunk)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise BadArchive(f"the zip is damaged ({err})") from err
     return size
-
-
-def zlib_error() -> type[Exception]:
-    import zlib  # noqa: PLC0415
-
-    return zlib.error
 
 
 def fetch_original(api: GarminAPI, dest: Path, record: dict) -> dict:
     """Download one activity; returns the manifest fields describing the outcome."""
     if record.get("manual"):
-        return {"status": "no_file", "error": "manual entry: Garmin keeps no file"}
+        return {"status": "no_file", "error": MANUAL}
     try:
         data = api.get_bytes(DOWNLOAD_PATH.format(id=int(record["id"])))
     except NotFound:
@@ -970,28 +912,25 @@ def files_on_disk(dest: Path) -> dict[int, tuple[str, str, int]]:
     return found
 
 
+def new_entry(record: dict) -> dict:
+    """A manifest entry with every field, for an activity seen for the first time."""
+    entry = dict.fromkeys(("start_gmt", "file", "size", "downloaded_at", "error", "gone_since"))
+    return {**entry, "type": "unknown", "name": "", "manual": False, "status": "pending", **record}
+
+
 def clean_entry(key: str, value: Any) -> dict | None:
     """A manifest entry with the right types, or None when it cannot be one."""
     if not isinstance(value, dict) or not key.isdigit() or value.get("id") != int(key):
         return None
     if parse_start(value.get("start_local")) is None or value.get("status") not in STATUSES:
         return None
-    entry = {"id": int(key), "start_local": value["start_local"]}
-    for field, kind in (
-        ("start_gmt", str),
-        ("type", str),
-        ("name", str),
-        ("file", str),
-        ("size", int),
-        ("downloaded_at", str),
-        ("error", str),
-        ("gone_since", str),
-    ):
-        entry[field] = value.get(field) if isinstance(value.get(field), kind) else None
+    entry = {"id": int(key), "start_local": value["start_local"], "status": value["status"]}
+    for field in ("start_gmt", "type", "name", "file", "downloaded_at", "error", "gone_since"):
+        entry[field] = value[field] if isinstance(value.get(field), str) else None
+    entry["size"] = value["size"] if isinstance(value.get("size"), int) else None
     entry["type"] = entry["type"] or "unknown"
     entry["name"] = entry["name"] or ""
     entry["manual"] = value.get("manual") is True
-    entry["status"] = value["status"]
     if isinstance(value.get("strava"), dict):
         entry["strava"] = value["strava"]
     return entry
@@ -1004,11 +943,8 @@ def parse_manifest(text: str) -> dict:
         raise ValueError("not a garminsync manifest")
     version = data.get("version")
     if isinstance(version, int) and version > MANIFEST_VERSION:
-        raise Fatal(
-            EXIT_USAGE,
-            f"the manifest was written by a newer garminsync (version "
-            f"{version}); upgrade garminsync.py to use this DEST",
-        )
+        why = f"the manifest was written by a newer garminsync (version {version})"
+        raise Fatal(EXIT_USAGE, f"{why}; upgrade garminsync.py to use this DEST")
     activities = {}
     for key, value in data["activities"].items():
         entry = clean_entry(str(key), value)
@@ -1016,7 +952,7 @@ def parse_manifest(text: str) -> dict:
             emit("warning", f"manifest entry {str(key)[:40]!r} is malformed; dropped it")
         else:
             activities[key] = entry
-    manifest = {"version": MANIFEST_VERSION, "activities": activities, "last_run": None}
+    manifest = {"version": MANIFEST_VERSION, "activities": activities}
     for key, kind in (("last_run", dict), ("last_full_listing", str), ("strava_since", str)):
         manifest[key] = data[key] if isinstance(data.get(key), kind) else None
     return manifest
@@ -1045,49 +981,28 @@ class ManifestStore:
     def load(self) -> None:
         """Read the manifest; one that does not parse is moved aside (never overwritten)."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            self.data = parse_manifest(self.path.read_text(encoding="utf-8"))
+            return
         except FileNotFoundError:
             return
-        except (OSError, UnicodeDecodeError) as err:
-            text = f"\0{err}"
-        try:
-            self.data = parse_manifest(text)
-            return
-        except ValueError as err:
+        except (OSError, ValueError) as err:  # a UnicodeDecodeError is a ValueError
             reason = str(err).split("\n")[0][:80]
         if not self.writable:
             emit("warning", f"{self.path} is unreadable ({reason}); showing what is on disk")
             return
         aside = self.path.with_name(f"{MANIFEST_NAME}.corrupt-{iso_now().replace(':', '')}")
         os.replace(self.path, aside)
-        emit(
-            "warning",
-            f"{self.path} is unreadable ({reason}); moved it to {aside.name} "
-            "and rebuilt the manifest from the files",
-        )
+        why = f"{self.path} is unreadable ({reason})"
+        emit("warning", f"{why}; moved it to {aside.name}; the manifest is rebuilt from the files")
         self.changes += 1
 
     def adopt_files_on_disk(self) -> None:
         """Files are the truth: adopt unknown ones, and forget files that vanished."""
         on_disk = files_on_disk(self.dest)
         for activity_id, (name, start, size) in on_disk.items():
-            entry = self.activities.get(str(activity_id))
-            if entry is None:
-                entry = {
-                    "id": activity_id,
-                    "start_local": start,
-                    "start_gmt": None,
-                    "type": "unknown",
-                    "name": "",
-                    "manual": False,
-                    "downloaded_at": None,
-                    "gone_since": None,
-                }
-                self.activities[str(activity_id)] = entry
-            if (entry["status"] if "status" in entry else None, entry.get("file")) != (
-                "downloaded",
-                name,
-            ) or entry.get("size") != size:
+            adopted = new_entry({"id": activity_id, "start_local": start})
+            entry = self.activities.setdefault(str(activity_id), adopted)
+            if (entry["status"], entry["file"], entry["size"]) != ("downloaded", name, size):
                 entry.update(status="downloaded", file=name, size=size, error=None)
                 self.changes += 1
         for key, entry in self.activities.items():
@@ -1104,29 +1019,16 @@ class ManifestStore:
     def merge_listed(self, record: dict) -> int:
         """Merge one listed activity; returns 1 if it was not known to be on Garmin."""
         entry = self.activities.get(str(record["id"]))
+        is_new = entry is None or bool(entry.get("gone_since"))
         if entry is None:
-            entry = {
-                **record,
-                "status": "pending",
-                "file": None,
-                "size": None,
-                "downloaded_at": None,
-                "error": None,
-                "gone_since": None,
-            }
-            if record["manual"]:
-                entry.update(status="no_file", error="manual entry: Garmin keeps no file")
-            self.activities[str(record["id"])] = entry
-            self.changes += 1
-            return 1
-        was_gone = bool(entry.get("gone_since"))
+            entry = self.activities[str(record["id"])] = new_entry(record)
         changed = {k: v for k, v in record.items() if entry.get(k) != v}
-        if changed or was_gone:
+        if changed or is_new:
             entry.update(changed, gone_since=None)
             if record["manual"] and entry["status"] == "pending":
-                entry.update(status="no_file", error="manual entry: Garmin keeps no file")
+                entry.update(status="no_file", error=MANUAL)
             self.changes += 1
-        return 1 if was_gone else 0
+        return int(is_new)
 
     def mark_gone(self, ids: set[int]) -> None:
         """Activities deleted on Garmin keep their files; they are only marked."""
@@ -1139,6 +1041,7 @@ class ManifestStore:
             emit("info", f"{len(ids)} activities are gone from Garmin; their files stay")
 
     def record(self, activity_id: int, outcome: dict) -> None:
+        """Store a download's outcome (flushed when due)."""
         self.activities[str(activity_id)].update(outcome)
         self.changes += 1
         self.flush()
@@ -1157,22 +1060,20 @@ class ManifestStore:
 def in_range(entry: dict, settings: Settings) -> bool:
     """Whether an activity's local start date is within --since/--until."""
     day = dt.date.fromisoformat(entry["start_local"][:10])
-    return (settings.since is None or day >= settings.since) and (
-        settings.until is None or day <= settings.until
-    )
+    return (settings.since or dt.date.min) <= day <= (settings.until or dt.date.max)
+
+
+def newest_first(store: ManifestStore, settings: Settings, statuses: tuple) -> list[dict]:
+    """The activities with one of these statuses within --since/--until, newest first."""
+    chosen = [e for e in store.activities.values() if e["status"] in statuses]
+    chosen = [e for e in chosen if in_range(e, settings)]
+    return sorted(chosen, key=lambda e: (e["start_local"], e["id"]), reverse=True)
 
 
 def pending_activities(store: ManifestStore, settings: Settings) -> list[dict]:
     """Activities to download this run, newest first: not yet saved, still on Garmin."""
-    todo = [
-        entry
-        for entry in store.activities.values()
-        if entry["status"] in ("pending", "failed")
-        and not entry.get("gone_since")
-        and in_range(entry, settings)
-    ]
-    todo.sort(key=lambda e: (e["start_local"], e["id"]), reverse=True)
-    return todo[: settings.limit] if settings.limit is not None else todo
+    todo = newest_first(store, settings, ("pending", "failed"))
+    return [e for e in todo if not e.get("gone_since")][: settings.limit]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1187,29 +1088,23 @@ STRAVA_RESERVE = 5  # requests left unused in every rate-limit window
 STRAVA_ATTEMPTS = 3  # uploads Strava rejected are tried this often in all
 STRAVA_LOGIN_HINT = run_hint("--strava-login")
 DUPLICATE = re.compile(r"duplicate of\D*?(\d+)", re.I)
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def strava_app() -> tuple[str, str]:
     """Client id and secret of the user's Strava API application, or exit 3 saying where."""
-    client_id = os.environ.get("STRAVA_CLIENT_ID") or None
-    secret = os.environ.get("STRAVA_CLIENT_SECRET") or None
+    client_id, secret = find_credentials(
+        ("strava_client_id", "strava_client_secret"), ("www.strava.com",)
+    )
     if not (client_id and secret):
-        n_id, n_secret = netrc_credentials(("www.strava.com",))
-        client_id, secret = client_id or n_id, secret or n_secret
-    client_id = client_id or systemd_credential("strava_client_id")
-    secret = secret or systemd_credential("strava_client_secret")
-    if not (client_id and secret):
-        raise Fatal(
-            EXIT_AUTH,
-            "no Strava client id/secret: set STRAVA_CLIENT_ID and "
-            "STRAVA_CLIENT_SECRET, or ~/.netrc machine www.strava.com (see README)",
-        )
-    add_secret(secret)
+        where = "STRAVA_CLIENT_ID and STRAVA_CLIENT_SECRET, or ~/.netrc machine www.strava.com"
+        raise Fatal(EXIT_AUTH, f"no Strava client id/secret: set {where} (see README)")
     return client_id, secret
 
 
 def strava_token_file() -> Path:
-    return token_store() / "strava_tokens.json"
+    """The saved Strava tokens, beside the Garmin session."""
+    return token_file().parent / "strava_tokens.json"
 
 
 def save_strava_tokens(answer: dict) -> dict:
@@ -1217,8 +1112,8 @@ def save_strava_tokens(answer: dict) -> dict:
     tokens = {key: answer.get(key) for key in ("access_token", "refresh_token", "expires_at")}
     if not all(isinstance(v, (str, int)) and v for v in tokens.values()):
         raise Fatal(EXIT_AUTH, f"Strava's token answer is incomplete; {STRAVA_LOGIN_HINT}")
-    for key in ("access_token", "refresh_token"):
-        add_secret(tokens[key])
+    add_secret(tokens["access_token"])
+    add_secret(tokens["refresh_token"])
     save_in_token_store(strava_token_file(), json.dumps(tokens))
     return tokens
 
@@ -1257,7 +1152,6 @@ class StravaAPI:
         self.app = strava_app()
         self.tokens = tokens
         self.timeout = timeout
-        self.requests = 0
         self.left: dict[str, int] = {}  # remaining requests per window, from the headers
 
     def call(
@@ -1269,7 +1163,7 @@ class StravaAPI:
         auth: bool = True,
     ) -> dict:
         """One request; JSON answer. 401 refreshes once; 429 or an exhausted window stops."""
-        import urllib.error  # noqa: PLC0415 (only Strava runs need urllib)
+        import urllib.error  # noqa: PLC0415 (only Strava runs need urllib.request)
         import urllib.request  # noqa: PLC0415
 
         headers = {"Accept": "application/json"}
@@ -1279,7 +1173,6 @@ class StravaAPI:
             if auth:
                 headers["Authorization"] = f"Bearer {self.access_token()}"
             request = urllib.request.Request(STRAVA + path, body, headers, method=method)
-            self.requests += 1
             emit("debug", f"Strava {method} {path}")
             try:
                 with (
@@ -1294,26 +1187,17 @@ class StravaAPI:
                     self.refresh()
                     continue
                 if err.code == 401 or (err.code == 400 and not auth):
-                    raise Fatal(
-                        EXIT_AUTH,
-                        f"Strava refused the authorisation (HTTP {err.code}); {STRAVA_LOGIN_HINT}",
-                    )
+                    why = f"Strava refused the authorisation (HTTP {err.code})"
+                    raise Fatal(EXIT_AUTH, f"{why}; {STRAVA_LOGIN_HINT}")
                 if err.code == 429 or err.code >= 500:
-                    why = "rate limiting" if err.code == 429 else "failing"
-                    raise Fatal(
-                        EXIT_TEMPFAIL,
-                        f"Strava is {why} (HTTP {err.code}); uploads "
-                        "so far are recorded, the next run goes on",
-                    )
+                    why = f"Strava is {'rate limiting' if err.code == 429 else 'failing'}"
+                    raise Fatal(EXIT_TEMPFAIL, f"{why} (HTTP {err.code}); the next run goes on")
                 raise RequestFailed(f"Strava answered HTTP {err.code}")
             except ValueError as err:
                 raise RequestFailed(f"Strava's answer is not JSON ({err})")
             except (OSError, Deadline) as err:
-                raise Fatal(
-                    EXIT_TEMPFAIL,
-                    f"Strava is unreachable ({describe_failure(err, None)})"
-                    "; uploads resume next run",
-                )
+                why = f"Strava is unreachable ({describe_failure(err, None)})"
+                raise Fatal(EXIT_TEMPFAIL, f"{why}; uploads resume next run")
         raise AssertionError("unreachable")
 
     def read_limits(self, headers: Any) -> None:
@@ -1330,11 +1214,8 @@ class StravaAPI:
         for window, left in self.left.items():
             need = STRAVA_RESERVE + (reads if window.startswith("Read") else reads + 1)
             if left < need:
-                raise Fatal(
-                    EXIT_TEMPFAIL,
-                    f"Strava's {window} rate limit is nearly used up "
-                    f"({left} left); stopping uploads, the next run goes on",
-                )
+                why = f"Strava's {window} rate limit is nearly used up ({left} left)"
+                raise Fatal(EXIT_TEMPFAIL, f"{why}; stopping uploads, the next run goes on")
 
     def access_token(self) -> str:
         """The access token, refreshed first when it expires within five minutes."""
@@ -1345,48 +1226,36 @@ class StravaAPI:
 
     def refresh(self) -> None:
         """Trade the refresh token for new tokens; Strava rotates it, so save before use."""
-        client_id, secret = self.app
-        form = {
-            "client_id": client_id,
-            "client_secret": secret,
-            "grant_type": "refresh_token",
-            "refresh_token": self.tokens["refresh_token"],
-        }
-        answer = self.call(
-            "POST", "/oauth/token", urlencode(form), "application/x-www-form-urlencoded", auth=False
-        )
-        self.tokens = save_strava_tokens(answer)
+        refresh_token = self.tokens["refresh_token"]
+        self.tokens = self.fetch_tokens(grant_type="refresh_token", refresh_token=refresh_token)
         emit("debug", "Strava tokens refreshed and saved")
 
-
-def urlencode(form: dict[str, str]) -> bytes:
-    import urllib.parse  # noqa: PLC0415
-
-    return urllib.parse.urlencode(form).encode()
+    def fetch_tokens(self, **grant: str) -> dict:
+        """Ask /oauth/token for tokens with this grant; they are saved before they are used."""
+        client_id, secret = self.app
+        form = {"client_id": client_id, "client_secret": secret, **grant}
+        body = urllib.parse.urlencode(form).encode()
+        answer = self.call("POST", "/oauth/token", body, FORM_TYPE, auth=False)
+        return save_strava_tokens(answer)
 
 
 def strava_outcome(answer: dict) -> dict | None:
     """What an upload answer says: uploaded, duplicate, failed, or None while processing."""
-    upload_id = answer.get("id")
-    if answer.get("error"):
-        error = str(answer["error"])
-        duplicate = DUPLICATE.search(error)
-        if duplicate:
-            return {
-                "status": "duplicate",
-                "upload_id": upload_id,
-                "activity_id": int(duplicate.group(1)),
-                "error": None,
-            }
-        return {"status": "failed", "upload_id": upload_id, "error": error[:300]}
+    known = {"upload_id": answer.get("id"), "error": None}
+    error = str(answer.get("error") or "")
+    if duplicate := DUPLICATE.search(error):
+        return {**known, "status": "duplicate", "activity_id": int(duplicate.group(1))}
+    if error:
+        return {**known, "status": "failed", "error": error[:300]}
     if answer.get("activity_id"):
-        return {
-            "status": "uploaded",
-            "upload_id": upload_id,
-            "activity_id": answer["activity_id"],
-            "error": None,
-        }
+        return {**known, "status": "uploaded", "activity_id": answer["activity_id"]}
     return None
+
+
+def check_upload(api: StravaAPI, upload_id: Any) -> dict | None:
+    """Ask Strava once how an upload went; None while it is still processing."""
+    api.ensure_room(reads=1)
+    return strava_outcome(api.call("GET", f"/api/v3/uploads/{int(upload_id)}"))
 
 
 def strava_poll(api: StravaAPI, upload_id: Any) -> dict:
@@ -1394,9 +1263,7 @@ def strava_poll(api: StravaAPI, upload_id: Any) -> dict:
     give_up = time.monotonic() + STRAVA_POLL_FOR
     while time.monotonic() < give_up:
         time.sleep(1.0)
-        api.ensure_room(reads=1)
-        outcome = strava_outcome(api.call("GET", f"/api/v3/uploads/{int(upload_id)}"))
-        if outcome:
+        if outcome := check_upload(api, upload_id):
             return outcome
     return {"status": "processing", "upload_id": upload_id, "error": "still processing"}
 
@@ -1405,9 +1272,7 @@ def strava_upload(api: StravaAPI, entry: dict, path: Path) -> dict:
     """Upload one original (or look again at an upload still processing)."""
     previous = entry.get("strava") or {}
     if previous.get("status") == "processing" and previous.get("upload_id"):
-        api.ensure_room(reads=1)
-        answer = api.call("GET", f"/api/v3/uploads/{int(previous['upload_id'])}")
-        return strava_outcome(answer) or strava_poll(api, previous["upload_id"])
+        return check_upload(api, previous["upload_id"]) or strava_poll(api, previous["upload_id"])
     api.ensure_room(reads=3)
     fields = {"data_type": path.suffix[1:], "external_id": f"garmin_{entry['id']}"}
     if entry.get("name"):
@@ -1439,17 +1304,13 @@ def strava_pending(store: ManifestStore, since: dt.date) -> list[tuple[dict, Pat
     for entry in store.activities.values():
         done = entry.get("strava") or {}
         retired = done.get("status") == "failed" and done.get("attempts", 0) >= STRAVA_ATTEMPTS
-        if (
-            entry["id"] in on_disk
-            and done.get("status") not in ("uploaded", "duplicate")
-            and not retired
-            and entry["start_local"][:10] >= since.isoformat()
-        ):
+        wanted = entry["id"] in on_disk and entry["start_local"][:10] >= since.isoformat()
+        if wanted and not retired and done.get("status") not in ("uploaded", "duplicate"):
             todo.append((entry, store.dest / on_disk[entry["id"]][0]))
     return sorted(todo, key=lambda item: (item[0]["start_local"], item[0]["id"]))
 
 
-def strava_step(store: ManifestStore, settings: Settings) -> int:
+def strava_step(settings: Settings, store: ManifestStore, _summary: RunSummary) -> int:
     """Upload what is pending to Strava; a run with nothing to upload asks Strava nothing."""
     todo = strava_pending(store, strava_since(store, settings))
     if settings.dry_run:
@@ -1471,27 +1332,23 @@ def strava_step(store: ManifestStore, settings: Settings) -> int:
         entry["strava"] = {**outcome, "attempts": attempts, "at": iso_now()}
         store.changes += 1
         store.flush()
-        if outcome["status"] in ("failed", "processing"):
+        status = outcome["status"]
+        if status in ("failed", "processing"):
             failed += 1
             emit("warning", f"Strava upload of {path.name}: {outcome['error']}")
         else:
-            emit(
-                "info",
-                f"Strava: {path.name} {outcome['status']} (activity {outcome['activity_id']})",
-            )
+            emit("info", f"Strava: {path.name} {status} (activity {outcome['activity_id']})")
     clear_progress()
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def strava_login() -> int:
     """--strava-login: the OAuth code flow with a one-request server on 127.0.0.1:9321."""
-    import urllib.parse  # noqa: PLC0415
-
-    client_id, secret = strava_app()
+    api = StravaAPI(60.0, tokens={})  # no tokens yet: only the unauthenticated token call
     state = os.urandom(12).hex()
     query = urllib.parse.urlencode(
         {
-            "client_id": client_id,
+            "client_id": api.app[0],
             "response_type": "code",
             "redirect_uri": STRAVA_REDIRECT,
             "approval_prompt": "auto",
@@ -1510,25 +1367,10 @@ def strava_login() -> int:
     if params.get("state") != state or not params.get("code"):
         why = params.get("error") or "state mismatch"
         raise Fatal(EXIT_AUTH, f"Strava's redirect lacks the code ({why}); run --strava-login")
-    granted = set(params.get("scope", "").split(","))
-    if not {"activity:write", "activity:read_all"} <= granted:
-        raise Fatal(
-            EXIT_AUTH,
-            "Strava was not allowed to upload activities: tick 'Upload "
-            "your activities' and 'View data about your private activities'",
-        )
-    form = {
-        "client_id": client_id,
-        "client_secret": secret,
-        "code": params["code"],
-        "grant_type": "authorization_code",
-    }
-    api = StravaAPI(60.0, tokens={})  # no tokens yet: only the unauthenticated token call
-    save_strava_tokens(
-        api.call(
-            "POST", "/oauth/token", urlencode(form), "application/x-www-form-urlencoded", auth=False
-        )
-    )
+    if not {"activity:write", "activity:read_all"} <= set(params.get("scope", "").split(",")):
+        boxes = "'Upload your activities' and 'View data about your private activities'"
+        raise Fatal(EXIT_AUTH, f"Strava was not allowed to upload activities: tick {boxes}")
+    api.fetch_tokens(grant_type="authorization_code", code=params["code"])
     print(f"Strava authorised; tokens saved in {strava_token_file()}")
     return EXIT_OK
 
@@ -1553,6 +1395,7 @@ def receive_redirect(wait: float = 600.0) -> str:
 
     try:
         server = http.server.HTTPServer(("127.0.0.1", 9321), Handler)
+        server.handle_error = lambda *_: emit("debug", traceback.format_exc())  # not on stderr
     except OSError as err:
         emit("warning", f"cannot listen on 127.0.0.1:9321 ({err.strerror}); paste the address")
         server = None
@@ -1578,8 +1421,8 @@ def receive_redirect(wait: float = 600.0) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Command line: parsing, the lock on DEST, and the four actions (--missing, --list,
-# --status, --login) with their exit codes.
+# Command line: parsing, the lock on DEST, and the actions (--missing, --strava-only,
+# --list, --status, --login) with their exit codes.
 
 
 class Parser(argparse.ArgumentParser):
@@ -1591,6 +1434,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def iso_date(text: str) -> dt.date:
+    """A YYYY-MM-DD argument."""
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
@@ -1598,6 +1442,7 @@ def iso_date(text: str) -> dt.date:
 
 
 def seconds(text: str) -> float:
+    """A number of seconds, from 0 up to a day."""
     try:
         value = float(text)
     except ValueError:
@@ -1607,7 +1452,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment, or exit 2 saying what is wrong."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return seconds(raw) if raw else default
+    except argparse.ArgumentTypeError:
+        raise Fatal(EXIT_USAGE, f"{name}={raw!r} is not a number of seconds; fix or unset it")
+
+
 def positive_int(text: str) -> int:
+    """A whole number from 1 up."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
@@ -1719,24 +1574,19 @@ def dest_lock(dest: Path):
             else err.strerror
         )
         raise Fatal(EXIT_USAGE, f"cannot write in {dest}: {hint}")
-    try:
+    with os.fdopen(fd, "rb"):  # closing it releases the lock
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise Fatal(EXIT_TEMPFAIL, f"another garminsync run holds {path}; try again later")
         yield
-    finally:
-        os.close(fd)
 
 
 def local_write_error(err: OSError, dest: Path) -> Fatal:
     """A one-line, actionable error for a failed write in DEST."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return Fatal(
-            EXIT_PARTIAL,
-            f"cannot write in {dest}: {err.strerror} (disk full or file "
-            "size limit); free some space, the next run goes on where this one stopped",
-        )
+        why = f"cannot write in {dest}: {err.strerror} (disk full or file size limit)"
+        return Fatal(EXIT_PARTIAL, f"{why}; free some space, the next run goes on")
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return Fatal(EXIT_USAGE, f"cannot write in {dest}: {err.strerror}; make it writable")
     return Fatal(EXIT_PARTIAL, f"cannot write in {dest}: {err.strerror or err}")
@@ -1773,10 +1623,8 @@ def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -
             summary.new = discover(api, store, settings)
         except ListingFailed as err:
             if not api.reached:
-                raise Fatal(
-                    EXIT_TEMPFAIL,
-                    f"Garmin Connect is unreachable ({err}); the next run tries again",
-                ) from err
+                why = f"Garmin Connect is unreachable ({err})"
+                raise Fatal(EXIT_TEMPFAIL, f"{why}; the next run tries again") from err
             emit("error", f"{err}; downloading only what was already known")
             summary.error = str(err)
         store.flush()
@@ -1822,33 +1670,25 @@ def download_pending(
     clear_progress()
 
 
-def describe(entry: dict) -> str:
-    """'1234 2024-05-01 running' for messages."""
-    return f"{entry['id']} {entry['start_local'][:10]} {entry['type']}"
-
-
-def printable(text: str) -> str:
-    """An activity name on one line: control characters become spaces."""
-    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
-
-
 def cmd_sync(settings: Settings) -> int:
-    """--missing, --strava-only and the online --list/--status: lock DEST, run, report."""
-    if settings.dry_run and not settings.dest.is_dir():  # a dry run creates nothing
-        store = ManifestStore(settings.dest, writable=False)
-        return run_steps(settings, store, RunSummary())
-    prepare_dest(settings.dest)
-    with dest_lock(settings.dest):
-        store = ManifestStore(settings.dest, writable=not settings.dry_run)
+    """--missing, --strava-only, --list and --status: lock DEST (unless only reading it), run
+    the steps (unless --offline), then show the list, the status or the closing line."""
+    reading = settings.offline or (settings.dry_run and not settings.dest.is_dir())
+    if not reading:
+        prepare_dest(settings.dest)
+    with contextlib.nullcontext() if reading else dest_lock(settings.dest):
+        store = ManifestStore(settings.dest, writable=not (settings.dry_run or settings.offline))
         if store.writable:
             remove_stale_temp_files(settings.dest)
         store.load()
         store.adopt_files_on_disk()
         summary = RunSummary()
-        code = run_steps(settings, store, summary)
-    if settings.action in ("list", "status"):
-        (show_list if settings.action == "list" else show_status)(settings, store)
-    elif settings.action == "missing" and code in (EXIT_OK, EXIT_PARTIAL):
+        code = EXIT_OK if settings.offline else run_steps(settings, store, summary)
+    if settings.action == "list":
+        show_list(settings, store)
+    elif settings.action == "status":
+        show_status(settings, store)
+    elif settings.action == "missing" and code in (EXIT_OK, EXIT_PARTIAL) and not reading:
         report(summary, store)
     return code
 
@@ -1860,31 +1700,32 @@ def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> 
     """The Garmin step, then the Strava step (a failure of one does not stop the other);
     the manifest and the run's summary are flushed whatever happens."""
     steps = [] if settings.action == "strava-only" else [garmin_step]
-    steps += [lambda *_: strava_step(store, settings)] if settings.strava else []
+    steps += [strava_step] if settings.strava else []
     codes = []
     try:
         for step in steps:
             try:
                 codes.append(step(settings, store, summary))
-            except Fatal as err:
-                emit(fatal_level(err), str(err))
-                summary.error = str(err)
-                codes.append(err.code)
-            except OSError as err:
-                failure = local_write_error(err, settings.dest)
-                emit("error", str(failure))
-                summary.error = str(failure)
+            except (Fatal, OSError) as err:
+                failure = err if isinstance(err, Fatal) else local_write_error(err, settings.dest)
+                emit(fatal_level(failure), str(failure))
+                summary.error = redact(str(failure))
                 codes.append(failure.code)
-                break
+                if isinstance(err, OSError):
+                    break  # DEST cannot be written: the next step could not record anything
     except Interrupted as stop:
         summary.result, summary.error = "interrupted", signal.Signals(stop.signum).name
+        summary.exit_code = EXIT_SIGNAL_BASE + stop.signum
         raise
-    finally:
+    except Exception as err:
+        summary.result, summary.error = "failed", f"unexpected {err.__class__.__name__}"
+        summary.exit_code = EXIT_PARTIAL
+        raise
+    else:
         summary.exit_code = max(codes or [EXIT_OK], key=SEVERITY.index)
-        if summary.result == "interrupted":
-            summary.exit_code = EXIT_SIGNAL_BASE + signal.Signals[summary.error]
-        elif summary.exit_code:
+        if summary.exit_code:
             summary.result = "failed" if summary.exit_code != EXIT_TEMPFAIL else "stopped"
+    finally:
         if settings.action in ("missing", "strava-only") and store.writable:
             store.data["last_run"] = summary.as_json()
         try:
@@ -1904,24 +1745,10 @@ def report(summary: RunSummary, store: ManifestStore) -> None:
     )
 
 
-def view_store(settings: Settings) -> ManifestStore:
-    """The manifest as --offline sees it: read-only, reconciled with DEST in memory."""
-    store = ManifestStore(settings.dest, writable=False)
-    store.load()
-    store.adopt_files_on_disk()
-    return store
-
-
 def show_list(settings: Settings, store: ManifestStore) -> None:
     """Print the activities that match --list and --since/--until."""
-    wanted = {"all": STATUSES, "downloaded": ("downloaded",), "missing": ("pending", "failed")}[
-        settings.list_filter
-    ]
-    rows = sorted(
-        (e for e in store.activities.values() if e["status"] in wanted and in_range(e, settings)),
-        key=lambda e: (e["start_local"], e["id"]),
-        reverse=True,
-    )
+    wanted = {"all": STATUSES, "downloaded": ("downloaded",), "missing": ("pending", "failed")}
+    rows = newest_first(store, settings, wanted[settings.list_filter])
     if settings.json:
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
         print()
@@ -1936,9 +1763,7 @@ def show_list(settings: Settings, store: ManifestStore) -> None:
 
 def show_status(settings: Settings, store: ManifestStore) -> None:
     """Print counts by status, the last run and the session."""
-    counts = {status: 0 for status in STATUSES}
-    for entry in store.activities.values():
-        counts[entry["status"]] += 1
+    counts = {s: sum(e["status"] == s for e in store.activities.values()) for s in STATUSES}
     gone = sum(1 for e in store.activities.values() if e.get("gone_since"))
     status = {
         "dest": str(store.dest),
@@ -1979,7 +1804,7 @@ def cmd_login(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    """Run one command line; returns the exit code."""
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
         setup_output(settings.verbosity)
@@ -1990,10 +1815,6 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_login(settings)
         if settings.action == "strava-login":
             return strava_login()
-        if settings.offline:
-            store = view_store(settings)
-            (show_list if settings.action == "list" else show_status)(settings, store)
-            return EXIT_OK
         return cmd_sync(settings)
     except Fatal as err:
         emit(fatal_level(err), str(err))
@@ -2006,8 +1827,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_SIGNAL_BASE + stop.signum
     except Exception as err:
-        if verbose:
-            emit("error", traceback.format_exc())
+        emit("debug", traceback.format_exc())
         emit(
             "error",
             f"unexpected {err.__class__.__name__}: {str(err)[:200]} "
