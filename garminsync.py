@@ -8,8 +8,26 @@
 """garminsync: keep a local copy of the original file of every Garmin Connect activity,
 and optionally upload each new one to Strava.
 
-Usage: python garminsync.py [--missing | --list WHICH | --status | --login | --strava-only |
---strava-login] [OPTIONS]; --help lists the options, README.md explains them.
+Usage:
+    python garminsync.py [ACTION] [OPTIONS]
+
+Actions (at most one; default --missing):
+    --missing                        download every activity not yet in DEST
+    --list {all,missing,downloaded}  print activities (id, start, type, name, status)
+    --status                         counts by status, the last run, the session
+    --login                          log in interactively (MFA too), then save the session
+    --strava-only / --strava-login   upload pending files to Strava / authorise that once
+
+Options:
+    --dest DIR        where the files go; default $GARMINSYNC_DEST, else ~/fit
+    --offline         with --list/--status: read the manifest only, no network
+    --since DATE / --until DATE      only activities whose local start date is in range
+    --delay SECONDS   fixed pause between two Garmin requests; default $GARMINSYNC_DELAY or 2
+    --limit N         download at most N activities this run
+    --dry-run         show what --missing (or --strava-only) would do; write nothing
+    --json            machine-readable output for --list and --status
+    --strava, --strava-since DATE    with --missing: then upload new files to Strava
+    -v / -q           more / less output;  --version, --help
 
 Files:
     DEST/activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<fit|gpx|tcx>   the originals (local start time)
@@ -1279,7 +1297,9 @@ def strava_upload(api: StravaAPI, entry: dict, path: Path) -> dict:
         fields["name"] = printable(entry["name"])[:200]
     body, content_type = multipart(fields, path.name, path.read_bytes())
     answer = api.call("POST", "/api/v3/uploads", body, content_type)
-    return strava_outcome(answer) or strava_poll(api, answer.get("id"))
+    if not isinstance(answer.get("id"), int):
+        raise RequestFailed(f"Strava's upload answer has no id: {str(answer)[:120]}")
+    return strava_outcome(answer) or strava_poll(api, answer["id"])
 
 
 def strava_since(store: ManifestStore, settings: Settings) -> dt.date:
@@ -1658,8 +1678,8 @@ def download_pending(
         summary.downloaded += status == "downloaded"
         summary.no_file += status == "no_file"
         summary.failed += status == "failed"
-        if status == "downloaded":
-            emit("info", f"saved {outcome['file']} ({outcome['size']} bytes)")
+        if status == "downloaded":  # on a terminal the progress line already said it
+            emit("debug" if OUT.progress else "info", f"saved {outcome['file']}")
         elif status == "failed":
             emit(
                 "warning",
@@ -1688,7 +1708,7 @@ def cmd_sync(settings: Settings) -> int:
         show_list(settings, store)
     elif settings.action == "status":
         show_status(settings, store)
-    elif settings.action == "missing" and code in (EXIT_OK, EXIT_PARTIAL) and not reading:
+    elif settings.action == "missing" and code in (EXIT_OK, EXIT_PARTIAL) and store.writable:
         report(summary, store)
     return code
 
@@ -1736,12 +1756,14 @@ def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> 
 
 
 def report(summary: RunSummary, store: ManifestStore) -> None:
-    """The closing line of a sync."""
-    total = sum(1 for e in store.activities.values() if e["status"] == "downloaded")
+    """The closing line of a sync: this run's downloads, then what DEST holds in all."""
+    counts = {status: 0 for status in STATUSES}
+    for entry in store.activities.values():
+        counts[entry["status"]] += 1
     emit(
         "info" if not summary.failed else "warning",
-        f"{summary.downloaded} downloaded, {summary.no_file} without file, "
-        f"{summary.failed} failed; {total} files in {store.dest}",
+        f"{summary.downloaded} downloaded, {summary.failed} failed; files in {store.dest}: "
+        f"{counts['downloaded']}, activities without a file: {counts['no_file']}",
     )
 
 

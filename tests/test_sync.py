@@ -494,3 +494,16 @@ def test_dest_defaults_to_garminsync_dest(garmin, real_account, run, env, tmp_pa
     assert run(env={**env, "GARMINSYNC_DEST": str(target)}).returncode == 0
     assert len(saved_files(target)) == 9
     assert os.path.exists(target / "garminsync.json")
+
+
+def test_on_a_terminal_progress_is_one_redrawn_line(garmin, real_account, env, dest):
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, [str(SCRIPT), "--dest", str(dest)], env=env, timeout=60)
+    child.expect(pexpect.EOF)
+    child.close()
+    screen = child.before.decode()
+    assert child.exitstatus == 0, screen
+    assert re.search(r"\r\[1/9\] activity 12129115726 2023-09-28 running\x1b\[K", screen)
+    assert "saved activity_" not in screen  # on a terminal the progress line says it
+    assert f"9 downloaded, 0 failed; files in {dest}: 9, activities without a file: 1" in screen
