@@ -53,7 +53,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import email.utils
 import errno
 import fcntl
 import io
@@ -555,6 +554,8 @@ def retry_after_seconds(value: str | None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # noqa: PLC0415 (only a 429 needs it; it costs every start 12 ms)
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -907,6 +908,7 @@ LOCK_NAME = ".garminsync.lock"
 FILE_PATTERN = re.compile(
     r"activity_([1-9][0-9]{0,19})_(\d{4}-\d{2}-\d{2})_(\d{2})-(\d{2})-(\d{2})\.(fit|gpx|tcx)"
 )
+LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # as the manifest keeps it
 STATUSES = ("pending", "downloaded", "no_file", "failed")
 FLUSH_SECONDS, FLUSH_CHANGES = 5.0, 200
 
@@ -917,16 +919,15 @@ def iso_now(offset: dt.timedelta = dt.timedelta()) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def files_on_disk(dest: Path) -> dict[int, tuple[str, str, int]]:
-    """Every activity_<id>_<start>.<ext> regular file in DEST: id -> (name, start, size)."""
-    found: dict[int, tuple[str, str, int]] = {}
+def files_on_disk(dest: Path) -> dict[int, tuple[str, str]]:
+    """Every activity_<id>_<start>.<ext> regular file in DEST: id -> (name, start)."""
+    found: dict[int, tuple[str, str]] = {}
     with contextlib.suppress(FileNotFoundError):
         for entry in sorted(os.scandir(dest), key=lambda e: e.name):
             match = FILE_PATTERN.fullmatch(entry.name)
             if match and entry.is_file(follow_symlinks=False):
                 day, hh, mm, ss = match.group(2, 3, 4, 5)
-                start = f"{day} {hh}:{mm}:{ss}"
-                found.setdefault(int(match.group(1)), (entry.name, start, entry.stat().st_size))
+                found.setdefault(int(match.group(1)), (entry.name, f"{day} {hh}:{mm}:{ss}"))
     return found
 
 
@@ -940,7 +941,10 @@ def clean_entry(key: str, value: Any) -> dict | None:
     """A manifest entry with the right types, or None when it cannot be one."""
     if not isinstance(value, dict) or not key.isdigit() or value.get("id") != int(key):
         return None
-    if parse_start(value.get("start_local")) is None or value.get("status") not in STATUSES:
+    start = value.get("start_local")
+    if not isinstance(start, str) or not LOCAL_TIME.fullmatch(start):
+        return None
+    if value.get("status") not in STATUSES:
         return None
     entry = {"id": int(key), "start_local": value["start_local"], "status": value["status"]}
     for field in ("start_gmt", "type", "name", "file", "downloaded_at", "error", "gone_since"):
@@ -1017,10 +1021,11 @@ class ManifestStore:
     def adopt_files_on_disk(self) -> None:
         """Files are the truth: adopt unknown ones, and forget files that vanished."""
         on_disk = files_on_disk(self.dest)
-        for activity_id, (name, start, size) in on_disk.items():
+        for activity_id, (name, start) in on_disk.items():
             adopted = new_entry({"id": activity_id, "start_local": start})
             entry = self.activities.setdefault(str(activity_id), adopted)
-            if (entry["status"], entry["file"], entry["size"]) != ("downloaded", name, size):
+            if (entry["status"], entry["file"]) != ("downloaded", name):
+                size = (self.dest / name).stat().st_size
                 entry.update(status="downloaded", file=name, size=size, error=None)
                 self.changes += 1
         for key, entry in self.activities.items():
@@ -1070,8 +1075,8 @@ class ManifestStore:
             return
         due = self.changes >= FLUSH_CHANGES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
         if force or due:
-            text = json.dumps(self.data, indent=1, sort_keys=True, ensure_ascii=False)
-            atomic_write(self.path, text.encode("utf-8") + b"\n")
+            text = json.dumps(self.data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+            atomic_write(self.path, text.encode("utf-8"))
             self.changes, self.flushed_at = 0, time.monotonic()
 
 
