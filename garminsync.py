@@ -643,7 +643,7 @@ class GarminAPI:
             why = f"Garmin is rate limiting (HTTP 429, Retry-After {wait:.0f}s)"
             raise Fatal(EXIT_TEMPFAIL, f"{why}; everything so far is saved, the next run goes on")
         emit("warning", f"Garmin is rate limiting (HTTP 429); waiting {wait:.0f}s as asked")
-        self.waited_on_429 += wait
+        self.waited_on_429 += max(wait, 10.0)  # a Retry-After of 0, again and again, ends too
         time.sleep(wait)
 
     def _persist_refreshed_tokens(self) -> None:

@@ -507,3 +507,12 @@ def test_on_a_terminal_progress_is_one_redrawn_line(garmin, real_account, env, d
     assert re.search(r"\r\[1/9\] activity 12129115726 2023-09-28 running\x1b\[K", screen)
     assert "saved activity_" not in screen  # on a terminal the progress line says it
     assert f"9 downloaded, 0 failed; files in {dest}: 9, activities without a file: 1" in screen
+
+
+def test_429_with_retry_after_zero_again_and_again_still_ends_with_75(
+    garmin, real_account, run, dest
+):
+    garmin.add_fault(DOWNLOAD, status(429, {"Retry-After": "0"}), times=None)
+    result = run("--dest", dest)
+    assert result.returncode == 75
+    assert 30 <= len(garmin.requests_to(DOWNLOAD)) <= 32  # 300 s of budget, 10 s per 429
