@@ -910,7 +910,7 @@ FILE_PATTERN = re.compile(
 )
 LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # as the manifest keeps it
 STATUSES = ("pending", "downloaded", "no_file", "failed")
-FLUSH_SECONDS, FLUSH_CHANGES = 5.0, 200
+FLUSH_SECONDS, FLUSH_CHANGES = 30.0, 1000  # bounded rewrites of a growing manifest
 
 
 def iso_now(offset: dt.timedelta = dt.timedelta()) -> str:
