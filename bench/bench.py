@@ -67,6 +67,7 @@ from fake_garmin import (  # noqa: E402
     Reply,
     _sort_key,
     add_many_activities,
+    clean_environ,
     json_reply,
     make_activity,
     routing_env,
@@ -87,18 +88,6 @@ SCALING_TARGET = 1.3
 LOCAL_RATIO_TARGET = 4.0
 LATE_UPLOAD_DAYS = (365, 5000)  # how old the late upload is: about a year, about 14 years
 REFERENCE_ACTIVITIES = 300
-
-# Variables that could change garminsync's behaviour or route traffic past the fake
-# (the same list as tests/conftest.py).
-DROPPED_PREFIXES = ("GARMIN", "GARTH_", "XDG_")
-DROPPED = {
-    "CREDENTIALS_DIRECTORY",
-    "JOURNAL_STREAM",
-    "NO_PROXY",
-    "no_proxy",
-    "SSL_CERT_DIR",
-    "PYTHONPATH",
-}
 
 
 class BenchError(Exception):
@@ -356,11 +345,7 @@ class Bench:
 
     def env(self, fake: BenchFake) -> dict[str, str]:
         """A child environment routed through `fake`, with its tokens saved (as conftest)."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in DROPPED and not k.startswith(DROPPED_PREFIXES)
-        }
+        env = clean_environ()
         state = self.workdir / f"state-{fake.proxy_port}"
         fake.seed_tokens(state / "garminsync")
         env.update(routing_env(fake.proxy_url, self.ca_pem))

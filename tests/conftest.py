@@ -20,6 +20,8 @@ from fake_garmin import (
     PROXY_VARIABLES,
     FakeGarmin,
     add_many_activities,
+    clean_environ,
+    dropped,
     load_real_account,
     routing_env,
     zip_of,
@@ -28,17 +30,6 @@ from fake_garmin import (
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "garminsync.py"
 SHARED = REPO.parent / "shared" / "fixtures"
-
-# Variables that could change the script's behaviour or route traffic past the fake.
-_DROPPED_PREFIXES = ("GARMIN", "GARTH_", "XDG_")
-_DROPPED = {
-    "CREDENTIALS_DIRECTORY",
-    "JOURNAL_STREAM",
-    "NO_PROXY",
-    "no_proxy",
-    "SSL_CERT_DIR",
-    "PYTHONPATH",
-}
 
 
 @pytest.fixture(scope="session")
@@ -88,18 +79,10 @@ def zip_of_fixture() -> Callable[[str, bytes], bytes]:
     return zip_of
 
 
-def _clean_environ() -> dict[str, str]:
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)
-    }
-
-
 @pytest.fixture
 def bare_env(garmin: FakeGarmin, ca_bundle: Path, tmp_path: Path) -> dict[str, str]:
     """Subprocess environment routed through the fake, with no saved session."""
-    env = _clean_environ()
+    env = clean_environ()
     state = tmp_path / "state"
     env.update(
         routing_env(garmin.proxy_url, ca_bundle),
@@ -134,7 +117,7 @@ def dest(tmp_path: Path) -> Path:
 def proxy_env(monkeypatch: pytest.MonkeyPatch, bare_env: dict[str, str]) -> dict[str, str]:
     """Put `bare_env`'s proxy and CA variables into this process, for in-process clients."""
     for key in list(os.environ):
-        if key in _DROPPED or key.startswith(_DROPPED_PREFIXES):
+        if dropped(key):
             monkeypatch.delenv(key)
     for key in PROXY_VARIABLES + CA_VARIABLES:
         monkeypatch.setenv(key, bare_env[key])

@@ -202,6 +202,28 @@ PROXY_VARIABLES = (
 CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
 
 
+# Variables that could change garminsync's behaviour or route traffic past the fake.
+DROPPED_PREFIXES = ("GARMIN", "GARTH_", "XDG_")
+DROPPED = {
+    "CREDENTIALS_DIRECTORY",
+    "JOURNAL_STREAM",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_DIR",
+    "PYTHONPATH",
+}
+
+
+def dropped(name: str) -> bool:
+    """Whether a variable of the calling environment must not reach a client under test."""
+    return name in DROPPED or name.startswith(DROPPED_PREFIXES)
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without the variables `dropped` names."""
+    return {key: value for key, value in os.environ.items() if not dropped(key)}
+
+
 def routing_env(proxy_url: str, ca_bundle: str | os.PathLike[str]) -> dict[str, str]:
     """The variables that send a client's traffic through the fake and trust only its CA."""
     env = dict.fromkeys(PROXY_VARIABLES, proxy_url)
