@@ -408,12 +408,16 @@ def session_saved() -> bool:
 
 @dataclasses.dataclass
 class Seam:
-    """The client library behind one interface: connectapi(path, ...) and download(path, ...)."""
+    """The client library behind one interface: connectapi(path, ...) and download(path, ...).
+
+    A failed request's HTTP answer comes from a requests response hook (garminconnect) or
+    from the exception (garth raises GarthHTTPError with the answer in .error.response)."""
 
     client: Any
-    extra_kwargs: dict
+    extra_kwargs: dict  # passed with every request (garminconnect: the timeout)
     dump_tokens: Callable[[], str | None]
     persist: Callable[[str], None]
+    takes_hooks: bool = False  # whether requests' response hooks reach the HTTP layer
 
 
 def garth_seam(home: str, timeout: float) -> Seam | None:
@@ -428,14 +432,16 @@ def garth_seam(home: str, timeout: float) -> Seam | None:
     except Exception as err:
         raise Fatal(EXIT_AUTH, f"cannot resume the garth session in {home} ({err}); {LOGIN_HINT}")
     client = garth.client
-    with contextlib.suppress(Exception):
-        client.configure(timeout=timeout)
+    with contextlib.suppress(Exception):  # garminsync paces and retries; garth must not
+        client.configure(timeout=int(timeout), retries=0)
 
     def dump() -> str:
-        """The session as {file name: content}, the way garth saves it in $GARTH_HOME."""
-        files = {"oauth1_token.json": client.oauth1_token, "oauth2_token.json": client.oauth2_token}
+        """The session as {file name: content}, the way garth saves it in $GARTH_HOME
+        (garth keeps an OAuth1 and an OAuth2 token, garth-ng only the OAuth2 one)."""
+        tokens = {name: getattr(client, name, None) for name in ("oauth1_token", "oauth2_token")}
         return json.dumps(
-            {name: dataclasses.asdict(t) for name, t in files.items()}, sort_keys=True
+            {f"{name}.json": dataclasses.asdict(t) for name, t in tokens.items() if t},
+            sort_keys=True,
         )
 
     def persist(text: str) -> None:
@@ -459,7 +465,8 @@ def garminconnect_seam(tokens: str, timeout: float) -> Seam:
     # whole run spares Garmin (and us) a TLS handshake per activity.
     session = client._fresh_api_session()
     client._fresh_api_session = lambda: session
-    return Seam(client, {"timeout": (10, min(30.0, timeout))}, client.dumps, save_tokens)
+    extra = {"timeout": (10, min(30.0, timeout))}
+    return Seam(client, extra, client.dumps, save_tokens, takes_hooks=True)
 
 
 def open_seam(settings: Settings) -> Seam:
@@ -578,6 +585,11 @@ def describe_failure(err: BaseException, status: int | None) -> str:
     return f"{name}: {text[:160]}" if text else name
 
 
+def http_answer_of(err: Exception) -> Any:
+    """The HTTP answer a garth error carries (GarthHTTPError.error.response), or None."""
+    return getattr(getattr(err, "error", None), "response", None)
+
+
 class GarminAPI:
     """Paced, retried, time-bounded GET requests to Garmin Connect through the seam."""
 
@@ -602,17 +614,19 @@ class GarminAPI:
         attempt = 0
         while True:
             answers: list = []
-            hooks = {"response": lambda r, *_, seen=answers, **__: seen.append(r)}
+            extra = dict(self.seam.extra_kwargs)
+            if self.seam.takes_hooks:  # keeps every HTTP answer, the 401 before a refresh too
+                extra["hooks"] = {"response": lambda r, *_, seen=answers, **__: seen.append(r)}
             time.sleep(max(0.0, self.last_request + self.delay - time.monotonic()))
             self.requests += 1
             emit("debug", f"GET {path} {kwargs.get('params') or ''}".rstrip())
             try:
                 with time_budget(self.timeout):
-                    result = fn(path, hooks=hooks, **self.seam.extra_kwargs, **kwargs)
+                    result = fn(path, **extra, **kwargs)
                 self.reached = True
                 return result
             except Exception as err:
-                answer = answers[-1] if answers else None
+                answer = answers[-1] if answers else http_answer_of(err)
                 status = getattr(answer, "status_code", None)
                 self.reached = self.reached or status is not None
                 if status == 429:

@@ -516,3 +516,44 @@ def test_429_with_retry_after_zero_again_and_again_still_ends_with_75(
     result = run("--dest", dest)
     assert result.returncode == 75
     assert 30 <= len(garmin.requests_to(DOWNLOAD)) <= 32  # 300 s of budget, 10 s per 429
+
+
+def garth_home(garmin, tmp_path: Path, expires_at: float) -> Path:
+    """A saved garth-ng session (oauth2_token.json) holding the fake's current token."""
+    home = tmp_path / "garth"
+    home.mkdir(mode=0o700)
+    token = {
+        "access_token": garmin.access_token,
+        "refresh_token": garmin.refresh_token,
+        "expires_in": 3600,
+        "token_type": "Bearer",
+        "expires_at": expires_at,
+        "refresh_token_expires_at": expires_at + 86400,
+    }
+    (home / "oauth2_token.json").write_text(json.dumps(token))
+    return home
+
+
+def test_a_saved_garth_session_is_used_through_the_same_seam(
+    garmin, real_account, run, bare_env, dest, tmp_path
+):
+    import time
+
+    home = garth_home(garmin, tmp_path, time.time() + 86400)
+    result = run("--dest", dest, "-v", env={**bare_env, "GARTH_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert len(saved_files(dest)) == 9
+    assert not (Path(bare_env["GARMINTOKENS"]) / "garmin_tokens.json").exists()
+    assert garmin.access_token not in result.stderr
+
+
+def test_a_garth_session_that_garmin_refuses_exits_3(
+    garmin, real_account, run, bare_env, dest, tmp_path
+):
+    import time
+
+    home = garth_home(garmin, tmp_path, time.time() + 86400)
+    garmin.expire_access_token()
+    result = run("--dest", dest, env={**bare_env, "GARTH_HOME": str(home)})
+    assert result.returncode == 3
+    assert "HTTP 401" in result.stderr and "--login" in result.stderr
