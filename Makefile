@@ -50,6 +50,7 @@ MANAGER_HERE = systemctl --user show-environment 2>/dev/null | grep -qxF 'HOME=$
 
 install:
 	$(if $(HOME),,$(error HOME is not set))$(if $(word 2,$(DEST)),$(error DEST has a space))
+	$(if $(DEST),$(if $(filter /%,$(DEST)),,$(error DEST must be an absolute path, e.g. /mnt/nas/fit)))
 	$(APP)/venv/bin/python -c '' 2>/dev/null || $(PYTHON) -m venv --clear $(APP)/venv
 	$(APP)/venv/bin/python -m pip install --quiet --disable-pip-version-check '$(DEPS)'
 	install -D -m 0644 garminsync.py $(APP)/garminsync.py
@@ -85,4 +86,4 @@ uninstall:
 	rmdir $(dir $(DROPIN)) $(UNITS)/timers.target.wants $(CONF) 2>/dev/null || :
 	if $(MANAGER_HERE); then systemctl --user daemon-reload && \
 	  systemctl --user reset-failed garminsync.service garminsync.timer 2>/dev/null || :; fi
-	@echo 'Uninstalled. Kept: the FIT files, the session in $(STATE), your settings.'
+	@echo 'Uninstalled. Kept: the FIT files, the session in $(STATE), an env file you edited.'

@@ -224,12 +224,16 @@ DEFAULT_TIMEOUT = 120.0
 NETRC_MACHINES = ("garmin.com", "connect.garmin.com", "sso.garmin.com")
 
 
+def this_command() -> str:
+    """'python garminsync.py', or the interpreter and path this copy was started with."""
+    if sys.argv[0].endswith(".py") and sys.argv[0] != "garminsync.py":
+        return f"{sys.executable} {Path(sys.argv[0]).resolve()}"
+    return "python garminsync.py"
+
+
 def run_hint(flag: str) -> str:
     """'run `python garminsync.py --login` once', naming the command as it was started."""
-    command = "python garminsync.py"
-    if sys.argv[0].endswith(".py") and sys.argv[0] != "garminsync.py":
-        command = f"{sys.executable} {Path(sys.argv[0]).resolve()}"
-    return f"run `{command} {flag}` once"
+    return f"run `{this_command()} {flag}` once"
 
 
 LOGIN_HINT = run_hint("--login")
@@ -482,18 +486,32 @@ def open_seam(settings: Settings) -> Seam:
     return garminconnect_seam(tokens, settings.timeout)
 
 
+def ask(prompt: str, secret: bool = False) -> str:
+    """One answer typed at the terminal; the end of input stops the run with exit 3."""
+    import getpass  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    try:
+        with warnings.catch_warnings():  # getpass warns at length when stdin is no terminal
+            warnings.simplefilter("ignore")
+            answer = getpass.getpass(prompt) if secret else input(prompt)
+    except (EOFError, RuntimeError):
+        print(file=sys.stderr)
+        raise Fatal(EXIT_AUTH, "the input ended before the answer; run --login at a terminal")
+    return answer.strip()
+
+
 def login(interactive: bool, problem: str = "") -> str:
     """Log in with garminconnect, save the session and return its token text."""
     email_addr, password = find_credentials(("garmin_email", "garmin_password"), NETRC_MACHINES)
     if interactive:
-        import getpass  # noqa: PLC0415
-
-        email_addr = email_addr or input("Garmin Connect email: ").strip()
-        password = password or getpass.getpass("Garmin Connect password: ")
+        email_addr = email_addr or ask("Garmin Connect email: ")
+        password = password or ask("Garmin Connect password: ", secret=True)
         add_secret(password)
     if not (email_addr and password):
-        reason = f"{problem} and no credentials" if problem else "no email or password given"
-        raise Fatal(EXIT_AUTH, f"{reason}; {LOGIN_HINT}")
+        if interactive:
+            raise Fatal(EXIT_AUTH, "no email or password given; run --login again and type them")
+        raise Fatal(EXIT_AUTH, f"{problem} and no credentials; {LOGIN_HINT}")
     from garminconnect.client import Client  # noqa: PLC0415
     from garminconnect.exceptions import (  # noqa: PLC0415
         GarminConnectAuthenticationError,
@@ -501,7 +519,7 @@ def login(interactive: bool, problem: str = "") -> str:
     )
 
     # Without a prompt, garminconnect raises an authentication error that names MFA.
-    ask_mfa = (lambda: input("MFA code: ").strip()) if interactive else None
+    ask_mfa = (lambda: ask("MFA code: ")) if interactive else None
     client = Client()
     emit("info", f"logging in to Garmin Connect as {email_addr}")
     try:
@@ -1134,7 +1152,7 @@ def strava_app() -> tuple[str, str]:
         ("strava_client_id", "strava_client_secret"), ("www.strava.com",)
     )
     if not (client_id and secret):
-        where = "STRAVA_CLIENT_ID and STRAVA_CLIENT_SECRET, or ~/.netrc machine www.strava.com"
+        where = "STRAVA_CLIENT_ID/_SECRET, ~/.netrc machine www.strava.com or systemd credentials"
         raise Fatal(EXIT_AUTH, f"no Strava client id/secret: set {where} (see README)")
     return client_id, secret
 
@@ -1491,13 +1509,18 @@ def seconds(text: str) -> float:
     return value
 
 
-def env_seconds(name: str, default: float) -> float:
-    """A number of seconds from the environment, or exit 2 saying what is wrong."""
+def env_seconds(name: str, default: float, least: float = 0.0) -> float:
+    """A number of seconds (at least `least`) from the environment, or exit 2 saying why."""
     raw = os.environ.get(name, "").strip()
     try:
-        return seconds(raw) if raw else default
+        value = seconds(raw) if raw else default
     except argparse.ArgumentTypeError:
-        raise Fatal(EXIT_USAGE, f"{name}={raw!r} is not a number of seconds; fix or unset it")
+        value = -1.0
+    if value < least:
+        raise Fatal(
+            EXIT_USAGE, f"{name}={raw!r} is not a number of seconds from {least:g}; fix or unset it"
+        )
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -1528,11 +1551,22 @@ OPTIONS = [  # flag, argparse keywords
 ]
 
 
+def env_switch(name: str) -> bool:
+    """An on/off setting from the environment (1/yes/true/on, 0/no/false/off or unset)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "no", "false", "off"):
+        return False
+    if value in ("1", "yes", "true", "on"):
+        return True
+    raise Fatal(EXIT_USAGE, f"{name}={value!r} is neither on (1) nor off (0); fix or unset it")
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="garminsync.py",
         description="Keep a local copy of the original file of every Garmin Connect activity.",
-        epilog="Exit codes: 0 ok, 1 some failed, 2 usage, 3 login needed, 75 try later.",
+        epilog="Exit codes: 0 ok, 1 some failed, 2 usage, 3 login needed, 75 try later, "
+        "130/143 stopped by SIGINT/SIGTERM.",
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
@@ -1556,7 +1590,7 @@ def parse_settings(argv: list[str]) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
     action = "list" if args.list_filter else (args.action or "missing")
-    strava_env = os.environ.get("GARMINSYNC_STRAVA", "") not in ("", "0")
+    strava_env = env_switch("GARMINSYNC_STRAVA")
     problems = [
         (args.offline and action not in ("list", "status"), "--offline goes with --list/--status"),
         (args.json and action not in ("list", "status"), "--json goes with --list or --status"),
@@ -1580,7 +1614,7 @@ def parse_settings(argv: list[str]) -> Settings:
         since=args.since,
         until=args.until,
         delay=delay,
-        timeout=env_seconds("GARMINSYNC_TIMEOUT", DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT,
+        timeout=env_seconds("GARMINSYNC_TIMEOUT", DEFAULT_TIMEOUT, least=1.0),
         limit=args.limit,
         dry_run=args.dry_run,
         json=args.json,
@@ -1592,11 +1626,16 @@ def parse_settings(argv: list[str]) -> Settings:
 
 def prepare_dest(dest: Path) -> None:
     """Create DEST if absent and check it is a writable folder, or exit 2 saying how to fix it."""
+    check_dest_is_a_folder(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise Fatal(EXIT_USAGE, f"cannot create {dest}: {err.strerror}; pick another --dest")
-    if not dest.is_dir():
+
+
+def check_dest_is_a_folder(dest: Path) -> None:
+    """A DEST that exists must be a folder (exit 2); a missing one is fine."""
+    if dest.exists() and not dest.is_dir():
         raise Fatal(EXIT_USAGE, f"{dest} is not a folder; pick another --dest")
 
 
@@ -1712,9 +1751,12 @@ def download_pending(
 def cmd_sync(settings: Settings) -> int:
     """--missing, --strava-only, --list and --status: lock DEST (unless only reading it), run
     the steps (unless --offline), then show the list, the status or the closing line."""
+    check_dest_is_a_folder(settings.dest)
     reading = settings.offline or (settings.dry_run and not settings.dest.is_dir())
     if not reading:
         prepare_dest(settings.dest)
+    elif not settings.dest.exists():
+        emit("warning", f"{settings.dest} does not exist (yet): nothing has been saved there")
     with contextlib.nullcontext() if reading else dest_lock(settings.dest):
         store = ManifestStore(settings.dest, writable=not (settings.dry_run or settings.offline))
         if store.writable:
@@ -1822,7 +1864,7 @@ def show_status(settings: Settings, store: ManifestStore) -> None:
     print(f"dest:      {store.dest}")
     print(
         f"activities: {len(store.activities)} known: "
-        + ", ".join(f"{n} {s.replace('pending', 'missing')}" for s, n in counts.items())
+        + ", ".join(f"{n} {status}" for status, n in counts.items())
         + f"; {gone} gone from Garmin"
     )
     if last:
@@ -1840,7 +1882,7 @@ def show_status(settings: Settings, store: ManifestStore) -> None:
 def cmd_login(settings: Settings) -> int:
     """--login: prompt for what is missing (and the MFA code), then save the session."""
     login(interactive=True)
-    print(f"logged in; next: python garminsync.py --missing --dest {settings.dest}")
+    print(f"logged in; next: {this_command()} --missing --dest {settings.dest}")
     return EXIT_OK
 
 

@@ -557,3 +557,30 @@ def test_a_garth_session_that_garmin_refuses_exits_3(
     result = run("--dest", dest, env={**bare_env, "GARTH_HOME": str(home)})
     assert result.returncode == 3
     assert "HTTP 401" in result.stderr and "--login" in result.stderr
+
+
+def test_login_with_input_ended_exits_3_with_one_line(garmin, run, bare_env):
+    result = run("--login", env=bare_env, input="")
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines()[-1] == (
+        "garminsync: error: the input ended before the answer; run --login at a terminal"
+    )
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+
+
+def test_a_dest_that_is_a_file_is_named_offline_too(run, env, tmp_path):
+    not_a_dir = tmp_path / "notadir"
+    not_a_dir.write_text("keep me")
+    result = run("--status", "--offline", "--dest", not_a_dir)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"garminsync: error: {not_a_dir} is not a folder; pick another --dest"
+    )
+
+
+@pytest.mark.parametrize("value, code", [("no", 0), ("false", 0), ("maybe", 2)])
+def test_the_strava_switch_reads_words_as_people_write_them(garmin, run, env, dest, value, code):
+    result = run("--dest", dest, env={**env, "GARMINSYNC_STRAVA": value})
+    assert result.returncode == code, result.stderr
+    assert "Strava" not in result.stderr or code == 2
