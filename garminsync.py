@@ -1067,6 +1067,13 @@ class ManifestStore:
                 )
                 self.changes += 1
 
+    def status_counts(self) -> dict[str, int]:
+        """How many activities have each status."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for entry in self.activities.values():
+            counts[entry["status"]] += 1
+        return counts
+
     def present_ids(self) -> set[int]:
         """Activities believed to be on Garmin (not marked gone)."""
         return {e["id"] for e in self.activities.values() if not e.get("gone_since")}
@@ -1341,16 +1348,19 @@ def strava_upload(api: StravaAPI, entry: dict, path: Path) -> dict:
 
 def strava_since(store: ManifestStore, settings: Settings) -> dt.date:
     """The Strava start date: --strava-since, else the day uploads were first enabled."""
+    since = store.data.get("strava_since")
     if settings.strava_since:
-        store.data["strava_since"] = settings.strava_since.isoformat()
-    elif not isinstance(store.data.get("strava_since"), str):
-        store.data["strava_since"] = dt.date.today().isoformat()
+        since = settings.strava_since.isoformat()
+    elif not isinstance(since, str):
+        since = dt.date.today().isoformat()
         emit(
             "info",
-            f"Strava uploads start with activities from {dt.date.today()}; "
+            f"Strava uploads start with activities from {since}; "
             "use --strava-since to include older ones",
         )
-    store.changes += 1
+    if since != store.data.get("strava_since"):
+        store.data["strava_since"] = since
+        store.changes += 1
     return dt.date.fromisoformat(store.data["strava_since"][:10])
 
 
@@ -1818,9 +1828,7 @@ def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> 
 
 def report(summary: RunSummary, store: ManifestStore) -> None:
     """The closing line of a sync: this run's downloads, then what DEST holds in all."""
-    counts = {status: 0 for status in STATUSES}
-    for entry in store.activities.values():
-        counts[entry["status"]] += 1
+    counts = store.status_counts()
     emit(
         "info" if not summary.failed else "warning",
         f"{summary.downloaded} downloaded, {summary.failed} failed; files in {store.dest}: "
@@ -1846,7 +1854,7 @@ def show_list(settings: Settings, store: ManifestStore) -> None:
 
 def show_status(settings: Settings, store: ManifestStore) -> None:
     """Print counts by status, the last run and the session."""
-    counts = {s: sum(e["status"] == s for e in store.activities.values()) for s in STATUSES}
+    counts = store.status_counts()
     gone = sum(1 for e in store.activities.values() if e.get("gone_since"))
     status = {
         "dest": str(store.dest),
