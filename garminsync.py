@@ -531,7 +531,8 @@ def login(interactive: bool, problem: str = "") -> str:
     except GarminConnectTooManyRequestsError:
         raise Fatal(EXIT_TEMPFAIL, "Garmin is rate limiting logins; try again in an hour")
     except Exception as err:
-        raise Fatal(EXIT_TEMPFAIL, f"login failed, Garmin Connect unreachable? ({err})")
+        why = describe_failure(err, None)  # the library's reason can run to 500 characters
+        raise Fatal(EXIT_TEMPFAIL, f"login failed, Garmin Connect unreachable? ({why}); try later")
     tokens = client.dumps()
     for value in json.loads(tokens).values():
         add_secret(value)
