@@ -31,7 +31,12 @@ def strava_of(dest: Path, activity_id: int) -> dict:
 
 
 def add_today(garmin, activity_id: int, hours_ago: int = 1) -> None:
-    start = datetime.now().replace(microsecond=0) - timedelta(hours=hours_ago)
+    """Add an activity started earlier today, local time, even just after midnight."""
+    now = datetime.now().replace(microsecond=0)
+    start = now - timedelta(hours=hours_ago)
+    if start.date() != now.date():  # keep it today and keep the order: older still first
+        midnight = datetime.combine(now.date(), datetime.min.time())
+        start = midnight + timedelta(seconds=60 - hours_ago)
     garmin.add_activity(
         make_activity(activity_id, start, name=f"Run {activity_id}"), synthetic_fit(activity_id)
     )
@@ -80,10 +85,12 @@ def test_nothing_is_uploaded_twice_and_a_quiet_run_asks_strava_nothing(
 def test_without_a_start_date_only_activities_from_the_day_uploads_began_go_up(
     garmin, real_account, strava, run, bare_env, dest
 ):
+    day_before_run = datetime.now().date().isoformat()
     result = run("--strava", "--dest", dest, env=bare_env)
     assert result.returncode == 0, result.stderr
     assert strava_requests(garmin) == [] and not strava.uploads
-    assert manifest(dest)["strava_since"] == datetime.now().date().isoformat()
+    day_after_run = datetime.now().date().isoformat()
+    assert manifest(dest)["strava_since"] in {day_before_run, day_after_run}
     add_today(garmin, 50_000_000_001)
     result = run("--strava", "--dest", dest, env=bare_env)
     assert result.returncode == 0, result.stderr
