@@ -991,6 +991,24 @@ def clean_entry(key: str, value: Any) -> dict | None:
     return entry
 
 
+def manifest_text(data: dict) -> Iterator[str]:
+    """The manifest as JSON, one activity per line (easy to grep and diff), in pieces so a
+    big manifest is never held twice in memory."""
+
+    def one_line(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+    yield '{\n "activities": {'
+    separator = "\n"
+    for key in sorted(data["activities"]):
+        yield f"{separator}  {one_line(key)}: {one_line(data['activities'][key])}"
+        separator = ",\n"
+    yield "\n }"
+    for key in sorted(k for k in data if k != "activities"):
+        yield f",\n {one_line(key)}: {one_line(data[key])}"
+    yield "\n}\n"
+
+
 def parse_manifest(text: str) -> dict:
     """The manifest's data from its JSON text; ValueError when it is not a manifest."""
     data = json.loads(text)
@@ -1115,8 +1133,9 @@ class ManifestStore:
             return
         due = self.changes >= FLUSH_CHANGES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS
         if force or due:
-            text = json.dumps(self.data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-            atomic_write(self.path, text.encode("utf-8"))
+            with atomic_file(self.path) as out:
+                for chunk in manifest_text(self.data):
+                    out.write(chunk.encode("utf-8"))
             self.changes, self.flushed_at = 0, time.monotonic()
 
 
