@@ -1073,8 +1073,10 @@ class ManifestStore:
         """Files are the truth: adopt unknown ones, and forget files that vanished."""
         on_disk = files_on_disk(self.dest)
         for activity_id, (name, start) in on_disk.items():
-            adopted = new_entry({"id": activity_id, "start_local": start})
-            entry = self.activities.setdefault(str(activity_id), adopted)
+            entry = self.activities.get(str(activity_id))
+            if entry is None:
+                entry = new_entry({"id": activity_id, "start_local": start})
+                self.activities[str(activity_id)] = entry
             if (entry["status"], entry["file"]) != ("downloaded", name):
                 size = (self.dest / name).stat().st_size
                 entry.update(status="downloaded", file=name, size=size, error=None)
