@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,8 @@ from fake_garmin import make_activity, synthetic_fit, trickle
 from test_sync import manifest, saved_files
 
 UPLOADS = "/api/v3/uploads"
+# add_today's activities are today's; a run that starts after midnight must still take them.
+SINCE_YESTERDAY = ("--strava-since", (date.today() - timedelta(days=1)).isoformat())
 
 
 def strava_requests(garmin) -> list:
@@ -74,9 +76,9 @@ def test_nothing_is_uploaded_twice_and_a_quiet_run_asks_strava_nothing(
 ):
     add_today(garmin, 50_000_000_012)
     add_today(garmin, 50_000_000_013, hours_ago=2)
-    assert run("--strava", "--dest", dest, env=bare_env).returncode == 0
+    assert run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env).returncode == 0
     garmin.clear_log()
-    result = run("--strava", "--dest", dest, env=bare_env)
+    result = run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
     assert result.returncode == 0, result.stderr
     assert strava_requests(garmin) == []
     assert len(strava.uploads) == 2
@@ -99,7 +101,7 @@ def test_without_a_start_date_only_activities_from_the_day_uploads_began_go_up(
 
 def test_the_environment_switch_enables_uploads_like_the_flag(garmin, strava, run, bare_env, dest):
     add_today(garmin, 50_000_000_002)
-    result = run("--dest", dest, env={**bare_env, "GARMINSYNC_STRAVA": "1"})
+    result = run(*SINCE_YESTERDAY, "--dest", dest, env={**bare_env, "GARMINSYNC_STRAVA": "1"})
     assert result.returncode == 0, result.stderr
     assert len(strava.uploads) == 1
 
@@ -110,12 +112,12 @@ def test_a_duplicate_is_recorded_with_its_activity_and_never_tried_again(
     add_today(garmin, 50_000_000_014, hours_ago=3)
     add_today(garmin, 50_000_000_015)
     strava.existing[hashlib.sha256(garmin.original(50_000_000_014)).hexdigest()] = 777
-    assert run("--strava", "--dest", dest, env=bare_env).returncode == 0
+    assert run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env).returncode == 0
     record = strava_of(dest, 50_000_000_014)
     assert record["status"] == "duplicate" and record["activity_id"] == 777
     assert strava_of(dest, 50_000_000_015)["status"] == "uploaded"  # went on with the rest
     garmin.clear_log()
-    assert run("--strava", "--dest", dest, env=bare_env).returncode == 0
+    assert run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env).returncode == 0
     assert strava_requests(garmin) == []
 
 
@@ -124,19 +126,19 @@ def test_a_processing_error_is_recorded_failed_and_retried_next_run(
 ):
     add_today(garmin, 50_000_000_003)
     strava.broken_files.add("garmin_50000000003")
-    result = run("--strava", "--dest", dest, env=bare_env)
+    result = run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
     assert result.returncode == 1
     record = strava_of(dest, 50_000_000_003)
     assert record["status"] == "failed" and "corrupt" in record["error"]
     strava.broken_files.clear()
-    assert run("--strava", "--dest", dest, env=bare_env).returncode == 0
+    assert run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env).returncode == 0
     assert strava_of(dest, 50_000_000_003)["status"] == "uploaded"
 
 
 def test_polls_wait_at_least_a_second_between_them(garmin, strava, run, bare_env, dest):
     strava.polls_until_ready = 2
     add_today(garmin, 50_000_000_004)  # polled: processing, processing, ready
-    assert run("--strava", "--dest", dest, env=bare_env).returncode == 0
+    assert run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env).returncode == 0
     polls = [e.time for e in strava_requests(garmin) if e.method == "GET"]
     assert len(polls) == 3
     assert all(b - a >= 0.95 for a, b in zip(polls, polls[1:], strict=False))
@@ -175,7 +177,7 @@ def test_a_kill_right_after_a_token_refresh_does_not_lose_the_rotated_token(
     assert strava.refresh_token != old_refresh  # rotated: the old one no longer works
     saved = json.loads((store / "strava_tokens.json").read_text())
     assert saved["refresh_token"] == strava.refresh_token
-    result = run("--strava-only", "--dest", dest, env=bare_env)
+    result = run("--strava-only", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
     assert result.returncode == 0, result.stderr
     assert strava_of(dest, 50_000_000_005)["status"] == "uploaded"
 
@@ -198,7 +200,7 @@ def test_uploads_stop_with_75_before_a_rate_limit_window_is_used_up(
 def test_a_429_from_strava_stops_uploads_with_75(garmin, strava, run, bare_env, dest):
     add_today(garmin, 50_000_000_006)
     strava.usage = [200, 200]
-    result = run("--strava", "--dest", dest, env=bare_env)
+    result = run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
     assert result.returncode == 75
     assert "HTTP 429" in result.stderr
     assert strava_of(dest, 50_000_000_006) == {}  # not counted as an attempt
@@ -207,7 +209,7 @@ def test_a_429_from_strava_stops_uploads_with_75(garmin, strava, run, bare_env, 
 def test_revoked_authorisation_exits_3_after_the_garmin_step(garmin, strava, run, bare_env, dest):
     add_today(garmin, 50_000_000_007)
     strava.revoked = True
-    result = run("--strava", "--dest", dest, env=bare_env)
+    result = run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
     assert result.returncode == 3
     assert "--strava-login" in result.stderr
     assert 50_000_000_007 in saved_files(dest)
@@ -216,7 +218,7 @@ def test_revoked_authorisation_exits_3_after_the_garmin_step(garmin, strava, run
 def test_a_strava_outage_never_blocks_the_garmin_step(garmin, strava, run, bare_env, dest):
     add_today(garmin, 50_000_000_008)
     garmin.unreachable.add("www.strava.com")
-    result = run("--strava", "--dest", dest, env=bare_env)
+    result = run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
     assert result.returncode == 75
     assert "Strava is unreachable" in result.stderr
     assert 50_000_000_008 in saved_files(dest)
@@ -227,7 +229,7 @@ def test_strava_only_asks_garmin_nothing(garmin, strava, run, bare_env, dest):
     add_today(garmin, 50_000_000_009)
     run("--dest", dest, env=bare_env)
     garmin.clear_log()
-    result = run("--strava-only", "--dest", dest, env=bare_env)
+    result = run("--strava-only", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
     assert result.returncode == 0, result.stderr
     assert {e.host for e in garmin.log} == {"www.strava.com"}
 
@@ -264,23 +266,26 @@ def test_strava_login_runs_the_code_flow_and_saves_tokens_0600(garmin, strava, b
         stderr=subprocess.PIPE,
         text=True,
     )
-    url = ""
-    while "oauth/authorize" not in url:
-        url = proc.stdout.readline()
-        assert url, proc.stderr.read()
-    assert "scope=activity%3Awrite%2Cactivity%3Aread_all" in url
-    assert "redirect_uri=http%3A%2F%2Flocalhost%3A9321%2F" in url
-    state = re.search(r"state=([0-9a-f]+)", url).group(1)
-    redirect = (
-        f"http://localhost:9321/?state={state}&code={strava.code}&scope={strava.granted_scope}"
-    )
-    if delivery == "browser":
-        time.sleep(0.3)  # the script is listening by the time it printed the address
-        page = browser_visit(redirect.replace("localhost", "127.0.0.1"))
-        assert "close this tab" in page
-        out, err = proc.communicate(timeout=30)
-    else:
-        out, err = proc.communicate(redirect + "\n", timeout=30)
+    try:
+        url = ""
+        while "oauth/authorize" not in url:
+            url = proc.stdout.readline()
+            assert url, proc.stderr.read()
+        assert "scope=activity%3Awrite%2Cactivity%3Aread_all" in url
+        assert "redirect_uri=http%3A%2F%2Flocalhost%3A9321%2F" in url
+        state = re.search(r"state=([0-9a-f]+)", url).group(1)
+        redirect = (
+            f"http://localhost:9321/?state={state}&code={strava.code}&scope={strava.granted_scope}"
+        )
+        if delivery == "browser":  # no wait: the script listens before it shows the address
+            page = browser_visit(redirect.replace("localhost", "127.0.0.1"))
+            assert "close this tab" in page
+            out, err = proc.communicate(timeout=30)
+        else:
+            out, err = proc.communicate(redirect + "\n", timeout=30)
+    finally:  # a failed test must not leave a process holding port 9321
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 0, err
     saved = json.loads((store / "strava_tokens.json").read_text())
     assert saved["refresh_token"] == strava.refresh_token
@@ -293,7 +298,7 @@ def test_no_strava_secret_or_token_is_printed_at_verbose(garmin, strava, run, ba
     store = Path(bare_env["GARMINTOKENS"])
     (store / "strava_tokens.json").write_text(strava.token_file(expires_at=0))  # forces refresh
     old = json.loads((store / "strava_tokens.json").read_text())
-    result = run("--strava", "-v", "--dest", dest, env=bare_env)
+    result = run("--strava", "-v", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert "Strava POST /api/v3/uploads" in output
