@@ -1445,13 +1445,15 @@ def strava_login() -> int:
             "state": state,
         }
     )
+    received: list[str] = []
+    server = redirect_server(received)  # listening before the address is shown
     print(
         f"Open this address in a browser and authorise garminsync:\n\n"
         f"  {STRAVA}/oauth/authorize?{query}\n\nWaiting for Strava's redirect to "
         f"{STRAVA_REDIRECT} (or paste the address the browser ended on here):",
         flush=True,
     )
-    redirect = receive_redirect()
+    redirect = receive_redirect(server, received)
     params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(redirect).query))
     if params.get("state") != state or not params.get("code"):
         why = params.get("error") or "state mismatch"
@@ -1464,12 +1466,10 @@ def strava_login() -> int:
     return EXIT_OK
 
 
-def receive_redirect(wait: float = 600.0) -> str:
-    """The redirect URL: from one request to 127.0.0.1:9321, or pasted on standard input."""
+def redirect_server(received: list[str]) -> Any:
+    """A server on 127.0.0.1:9321 that adds the browser's redirect URL to received; None
+    (and a warning) when the port is taken."""
     import http.server  # noqa: PLC0415
-    import select  # noqa: PLC0415
-
-    received: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -1484,10 +1484,17 @@ def receive_redirect(wait: float = 600.0) -> str:
 
     try:
         server = http.server.HTTPServer(("127.0.0.1", 9321), Handler)
-        server.handle_error = lambda *_: emit("debug", traceback.format_exc())  # not on stderr
     except OSError as err:
         emit("warning", f"cannot listen on 127.0.0.1:9321 ({err.strerror}); paste the address")
-        server = None
+        return None
+    server.handle_error = lambda *_: emit("debug", traceback.format_exc())  # not on stderr
+    return server
+
+
+def receive_redirect(server: Any, received: list[str], wait: float = 600.0) -> str:
+    """The redirect URL: from the browser through the server, or pasted on standard input."""
+    import select  # noqa: PLC0415
+
     end = time.monotonic() + wait
     sources: list[Any] = [sys.stdin] + ([server.socket] if server else [])
     try:
