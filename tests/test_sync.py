@@ -112,9 +112,7 @@ def test_manifest_records_what_is_known_of_each_activity(garmin, real_account, r
     assert manifest(dest)["last_run"]["exit_code"] == 0
 
 
-def test_the_manifest_keeps_one_activity_per_line_so_grep_finds_it(
-    garmin, real_account, run, dest
-):
+def test_the_manifest_keeps_one_activity_per_line_so_grep_finds_it(garmin, real_account, run, dest):
     run("--dest", dest)
     lines = (dest / "garminsync.json").read_text().splitlines()
     for activity_id in real_account:
