@@ -700,6 +700,7 @@ FIRST_PAGE = 100  # an incremental run's first page: new activities are almost a
 PAGE = 1000  # the most the list endpoint returns per request
 FULL_LISTING_EVERY = dt.timedelta(days=7)
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+MAX_ACTIVITY_ID = 10**20 - 1  # 20 digits, as FILE_PATTERN reads them (Garmin's have 11)
 
 
 class ListingFailed(Exception):
@@ -722,9 +723,12 @@ def activity_record(raw: Any) -> dict | None:
     if not isinstance(raw, dict):
         return None
     activity_id = raw.get("activityId")
-    if isinstance(activity_id, str) and activity_id.strip().isdigit():
-        activity_id = int(activity_id.strip())
-    if isinstance(activity_id, bool) or not isinstance(activity_id, int) or activity_id <= 0:
+    if isinstance(activity_id, str) and activity_id.strip().isascii():
+        with contextlib.suppress(ValueError):
+            activity_id = int(activity_id.strip())
+    if isinstance(activity_id, bool) or not isinstance(activity_id, int):
+        return None
+    if not 0 < activity_id <= MAX_ACTIVITY_ID:  # its file name could not be read back
         return None
     start = parse_start(raw.get("startTimeLocal")) or parse_start(raw.get("startTimeGMT"))
     if start is None and isinstance(raw.get("beginTimestamp"), (int, float)):
@@ -972,7 +976,9 @@ def new_entry(record: dict) -> dict:
 
 def clean_entry(key: str, value: Any) -> dict | None:
     """A manifest entry with the right types, or None when it cannot be one."""
-    if not isinstance(value, dict) or not key.isdigit() or value.get("id") != int(key):
+    if not isinstance(value, dict) or not (key.isascii() and key.isdigit()):
+        return None
+    if value.get("id") != int(key):
         return None
     start = value.get("start_local")
     if not isinstance(start, str) or not LOCAL_TIME.fullmatch(start):

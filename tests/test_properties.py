@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from conftest import SCRIPT
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 spec = importlib.util.spec_from_file_location("garminsync", SCRIPT)
@@ -42,6 +42,8 @@ activity_json = st.fixed_dictionaries(
 
 
 @given(activity_json, st.sampled_from(garminsync.ORIGINAL_EXTENSIONS))
+@example({"activityId": 10**20, "beginTimestamp": 0}, "fit")  # one digit past the pattern
+@example({"activityId": "\u00b2", "beginTimestamp": 0}, "fit")  # a digit int() refuses
 @settings(max_examples=400, deadline=None)
 def test_any_activity_json_yields_a_plain_file_name_inside_dest(raw, ext):
     record = garminsync.activity_record(raw)
@@ -96,3 +98,14 @@ def test_adopting_files_is_idempotent_and_never_loses_an_entry(known, on_disk):
         assert set(known) | {str(i) for i in on_disk} == set(store.activities)
         for key, entry in store.activities.items():
             assert (entry["status"] == "downloaded") == (int(key) in on_disk)
+
+
+@given(st.dictionaries(st.text(), json_values | st.fixed_dictionaries({"id": st.integers()})))
+@example({"\u00b2": {"id": 2}})  # a key str.isdigit() accepts and int() refuses
+@settings(max_examples=300, deadline=None)
+def test_any_manifest_entry_is_kept_clean_or_dropped_never_the_whole_manifest(activities):
+    text = garminsync.json.dumps({"version": 1, "activities": activities})
+    kept = garminsync.parse_manifest(text)["activities"]
+    assert set(kept) <= set(activities)
+    for key, entry in kept.items():
+        assert entry["id"] == int(key) and entry["status"] in garminsync.STATUSES
