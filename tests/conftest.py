@@ -121,6 +121,7 @@ def proxy_env(monkeypatch: pytest.MonkeyPatch, bare_env: dict[str, str]) -> dict
             monkeypatch.delenv(key)
     for key in PROXY_VARIABLES + CA_VARIABLES:
         monkeypatch.setenv(key, bare_env[key])
+    monkeypatch.setenv("NETRC", str(Path(bare_env["HOME"]) / ".netrc"))  # not the runner's
     return bare_env
 
 

@@ -203,9 +203,10 @@ CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
 
 
 # Variables that could change garminsync's behaviour or route traffic past the fake.
-DROPPED_PREFIXES = ("GARMIN", "GARTH_", "XDG_")
+DROPPED_PREFIXES = ("GARMIN", "GARTH_", "XDG_", "STRAVA_")
 DROPPED = {
     "CREDENTIALS_DIRECTORY",
+    "NETRC",
     "JOURNAL_STREAM",
     "NO_PROXY",
     "no_proxy",
