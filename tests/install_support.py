@@ -49,6 +49,7 @@ class Install:
 def make_env(home: Path, path: str = SYSTEM_PATH) -> dict[str, str]:
     """The environment for `make install`/`make uninstall` into `home` (PIP_* settings kept)."""
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED and k != "DEST"}
+    env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))  # the runner's cache
     env.update(HOME=str(home), PATH=path, LC_ALL="C.UTF-8")
     return env
 
@@ -62,6 +63,7 @@ def make(target: str, home: Path, *args: str, path: str = SYSTEM_PATH, timeout: 
         text=True,
         timeout=timeout,
         check=False,
+        umask=0o022,  # the checks read the install as another user; a runner's 077 would hide it
     )
 
 

@@ -137,7 +137,8 @@ def live() -> dict[str, Any]:
     command += [*UNSHARE, "--", sys.executable, str(DRIVER), json.dumps(config)]
     began = time.monotonic()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+        # umask 022: the driver lays out files for another user to read, whatever the runner's
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, umask=0o022)
     finally:
         cgroup_left = remove_cgroup_tree(top)
     seconds = time.monotonic() - began
