@@ -723,9 +723,8 @@ def activity_record(raw: Any) -> dict | None:
     if not isinstance(raw, dict):
         return None
     activity_id = raw.get("activityId")
-    if isinstance(activity_id, str) and activity_id.strip().isascii():
-        with contextlib.suppress(ValueError):
-            activity_id = int(activity_id.strip())
+    if isinstance(activity_id, str) and re.fullmatch(r"[0-9]+", activity_id.strip()):
+        activity_id = int(activity_id.strip())
     if isinstance(activity_id, bool) or not isinstance(activity_id, int):
         return None
     if not 0 < activity_id <= MAX_ACTIVITY_ID:  # its file name could not be read back

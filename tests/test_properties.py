@@ -109,3 +109,16 @@ def test_any_manifest_entry_is_kept_clean_or_dropped_never_the_whole_manifest(ac
     assert set(kept) <= set(activities)
     for key, entry in kept.items():
         assert entry["id"] == int(key) and entry["status"] in garminsync.STATUSES
+
+
+@given(st.text())
+@example("1_000")
+@example("+7")
+@example(" 42 ")
+def test_a_text_activity_id_is_taken_only_when_it_is_plain_ascii_digits(text):
+    record = garminsync.activity_record({"activityId": text, "beginTimestamp": 0})
+    plain = text.strip()
+    if plain.isascii() and plain.isdigit() and 0 < int(plain) < 10**20:
+        assert record is not None and record["id"] == int(plain)
+    else:
+        assert record is None
