@@ -908,6 +908,8 @@ def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ext: str, out: 
                 out.write(chunk)
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise BadArchive(f"the zip is damaged ({err})") from err
+    except (RuntimeError, NotImplementedError, ValueError) as err:  # encrypted, deflate64...
+        raise BadArchive(f"the zip cannot be unpacked ({str(err)[:80]})") from err
     return size
 
 

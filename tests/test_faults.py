@@ -374,6 +374,14 @@ def two_members() -> bytes:
     return buffer.getvalue()
 
 
+def zip_with_central_entry(offset: int, value: int) -> bytes:
+    """A zip of one FIT whose central directory entry has a 2-byte field changed."""
+    raw = bytearray(zip_of("30_ACTIVITY.fit", synthetic_fit(30)))
+    at = raw.index(b"PK\x01\x02") + offset
+    raw[at : at + 2] = value.to_bytes(2, "little")
+    return bytes(raw)
+
+
 HOSTILE_DOWNLOADS = {
     "empty-body": (b"", "empty answer"),
     "html-200": (b"<html>Oops</html>", "not a zip"),
@@ -384,6 +392,8 @@ HOSTILE_DOWNLOADS = {
     "not-a-fit": (zip_of("30_ACTIVITY.fit", b"<html>not fit</html>" * 3), "not a FIT"),
     "zip-bomb": (zip_bomb(), "size cap"),
     "bad-crc": (crc_broken_zip("30_ACTIVITY.fit", synthetic_fit(30, records=40)), "damaged"),
+    "encrypted": (zip_with_central_entry(8, 0x1), "cannot be unpacked"),  # flag: encrypted
+    "deflate64": (zip_with_central_entry(10, 9), "cannot be unpacked"),  # method 9
 }
 
 
