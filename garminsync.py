@@ -162,7 +162,12 @@ def describe(entry: dict) -> str:
 
 def printable(text: str) -> str:
     """An activity name on one line: control characters become spaces."""
-    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
+    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in valid_text(text))
+
+
+def valid_text(text: str) -> str:
+    """Text that encodes as UTF-8: a lone surrogate (half an emoji, say) becomes '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class LogBridge(logging.Handler):
@@ -744,8 +749,8 @@ def activity_record(raw: Any) -> dict | None:
         "id": activity_id,
         "start_local": start.strftime(TIME_FORMAT),
         "start_gmt": gmt.strftime(TIME_FORMAT) if gmt else None,
-        "type": type_key if isinstance(type_key, str) and type_key else "unknown",
-        "name": name if isinstance(name, str) else "",
+        "type": valid_text(type_key) if isinstance(type_key, str) and type_key else "unknown",
+        "name": valid_text(name) if isinstance(name, str) else "",
         "manual": raw.get("manualActivity") is True,
     }
 
@@ -1144,7 +1149,7 @@ class ManifestStore:
         if force or due:
             with atomic_file(self.path) as out:
                 for chunk in manifest_text(self.data):
-                    out.write(chunk.encode("utf-8"))
+                    out.write(chunk.encode("utf-8", "replace"))  # even from a hostile manifest
             self.changes, self.flushed_at = 0, time.monotonic()
 
 

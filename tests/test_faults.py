@@ -291,6 +291,22 @@ def test_hostile_activity_names_never_reach_the_file_system(garmin, run, dest, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "state"]
 
 
+def test_a_name_with_half_an_emoji_is_kept_readable_and_the_manifest_still_written(
+    garmin, run, dest
+):
+    half_emoji = "Run \ud83c"  # valid JSON (an escaped lone surrogate), not valid UTF-8
+    garmin.add_activity(make_activity(21, datetime(2024, 3, 2, 7, 0), name=half_emoji), None)
+    garmin.add_activity(make_activity(22, datetime(2024, 3, 3, 7, 0)), synthetic_fit(22))
+    result = run("--dest", dest)
+    assert result.returncode == 0, result.stderr
+    assert manifest(dest)["activities"]["21"]["name"] == "Run ?"
+    listing = run("--list", "all", "--offline", "--dest", dest)
+    assert listing.returncode == 0 and "Run ?" in listing.stdout
+    garmin.clear_log()
+    assert run("--dest", dest).returncode == 0
+    assert len(garmin.log) == 1  # the manifest was kept: a no-op run
+
+
 def test_a_new_activity_between_two_pages_skips_nothing(garmin, many_activities, run, dest):
     ids = many_activities(1003)
 
