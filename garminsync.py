@@ -1064,13 +1064,22 @@ class ManifestStore:
         return self.data["activities"]
 
     def load(self) -> None:
-        """Read the manifest; one that does not parse is moved aside (never overwritten)."""
+        """Read the manifest; one that does not parse is moved aside (never overwritten), one
+        that cannot be read stops the run and is left alone."""
         try:
             self.data = parse_manifest(self.path.read_text(encoding="utf-8"))
             return
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as err:  # a UnicodeDecodeError is a ValueError
+        except OSError as err:  # a read error says nothing of the content: leave it in place
+            problem = f"cannot read {self.path} ({err.strerror})"
+            if not self.writable:
+                emit("warning", f"{problem}; showing what is on disk")
+                return
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP):
+                raise Fatal(EXIT_USAGE, f"{problem}; make it a readable file, or move it away")
+            raise Fatal(EXIT_TEMPFAIL, f"{problem}; left as it is, the next run tries again")
+        except ValueError as err:  # a UnicodeDecodeError is a ValueError
             reason = str(err).split("\n")[0][:80]
         if not self.writable:
             emit("warning", f"{self.path} is unreadable ({reason}); showing what is on disk")

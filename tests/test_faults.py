@@ -447,6 +447,19 @@ def test_a_manifest_of_the_wrong_shape_is_set_aside_and_rebuilt(
     assert downloads(garmin) == []
 
 
+def test_a_manifest_that_cannot_be_read_stops_the_run_and_is_left_in_place(
+    garmin, real_account, run, dest
+):
+    dest.mkdir()
+    (dest / "garminsync.json").mkdir()  # reading it fails (EISDIR); its content is unknown
+    (dest / "garminsync.json" / "mine.txt").write_text("keep")
+    result = run("--dest", dest)
+    assert result.returncode == 2
+    assert "cannot read" in one_error_line(result.stderr)
+    assert (dest / "garminsync.json" / "mine.txt").read_text() == "keep"
+    assert not list(dest.glob("garminsync.json.corrupt-*")) and not saved_files(dest)
+
+
 def test_a_manifest_from_a_future_version_is_left_untouched(garmin, real_account, run, dest):
     dest.mkdir()
     future = '{"version": 99, "activities": {}, "new_field": true}'
