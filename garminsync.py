@@ -786,28 +786,39 @@ def fetch_count(api: GarminAPI) -> int:
     return total
 
 
+@dataclasses.dataclass
+class Walk:
+    """What one walk down the list found."""
+
+    new: int = 0  # activities not known to be on Garmin before
+    seen: set[int] = dataclasses.field(default_factory=set)
+    unusable: int = 0  # listed items without a usable id or start (Garmin counts them too)
+    complete: bool = False  # whether the whole list was read
+
+
 def walk_list(
     api: GarminAPI, store: ManifestStore, settings: Settings, want_new: int | None, total: int
-) -> tuple[int, set[int], bool]:
-    """Page through the newest-first list, merging each record into the manifest.
-
-    Stops early once `want_new` unknown activities were found (None: read to the end).
-    Returns (how many were new, the ids seen, whether the whole list was read)."""
-    new, seen, start = 0, set(), 0
+) -> Walk:
+    """Page through the newest-first list, merging each record into the manifest; stop
+    early once `want_new` unknown activities were found (None: read to the end)."""
+    walk, start = Walk(), 0
     limit = FIRST_PAGE if want_new else PAGE
     while True:
         records, held = list_page(api, start, limit, settings)
-        before = len(seen)
+        before = len(walk.seen)
+        walk.unusable += held - len(records)
         for record in records:
-            seen.add(record["id"])
-            new += store.merge_listed(record)
-        if held < limit or (want_new is None and total and len(seen) >= total):
-            return new, seen, True
-        if want_new is not None and new >= want_new:
-            return new, seen, False
-        if len(seen) == before:
+            walk.seen.add(record["id"])
+            walk.new += store.merge_listed(record)
+        counted = len(walk.seen) + walk.unusable
+        if held < limit or (want_new is None and total and counted >= total):
+            walk.complete = True
+            return walk
+        if want_new is not None and walk.new >= want_new:
+            return walk
+        if len(walk.seen) == before:
             emit("warning", "Garmin's list repeats itself; stopping the listing here")
-            return new, seen, False
+            return walk
         start, limit = start + held, PAGE
 
 
@@ -819,26 +830,29 @@ def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> int:
     turned up as the count says, however deep they sit (late uploads). The whole list is
     read on the first run, when the count dropped (deletions) and once every 7 days."""
     if settings.since or settings.until:
-        return walk_list(api, store, settings, None, 0)[0]  # a date range: read it whole
+        return walk_list(api, store, settings, None, 0).new  # a date range: read it whole
     total = fetch_count(api)
     present = store.present_ids()
+    known = len(present) + store.data["unusable_listed"]  # Garmin counts the unusable too
     last_full = store.data.get("last_full_listing")
     full_due = (
         not present or not isinstance(last_full, str) or last_full < iso_now(-FULL_LISTING_EVERY)
     )
-    if not full_due and total == len(present):
+    if not full_due and total == known:
         emit("debug", f"Garmin counts {total} activities, all known: nothing new")
         return 0
-    want_new = None if full_due or total < len(present) else total - len(present)
-    new, seen, complete = walk_list(api, store, settings, want_new, total)
-    if complete and len(seen) < total:
-        emit("debug", f"read {len(seen)} of {total} activities; the list moved, reading again")
-        again, seen_again, complete = walk_list(api, store, settings, None, total)
-        new, seen = new + again, seen | seen_again
-    if complete:
-        store.mark_gone(present - seen)
+    want_new = None if full_due or total < known else total - known
+    walk = walk_list(api, store, settings, want_new, total)
+    if walk.complete and len(walk.seen) + walk.unusable < total:
+        emit("debug", f"read {len(walk.seen)} of {total} activities; the list moved, reading again")
+        again = walk_list(api, store, settings, None, total)
+        again.new, again.seen = walk.new + again.new, walk.seen | again.seen
+        walk = again
+    if walk.complete:
+        store.mark_gone(present - walk.seen)
         store.data["last_full_listing"] = iso_now()
-    return new
+        store.data["unusable_listed"] = walk.unusable
+    return walk.new
 
 
 # ---------------------------------------------------------------------------------------
@@ -1040,6 +1054,8 @@ def parse_manifest(text: str) -> dict:
     manifest = {"version": MANIFEST_VERSION, "activities": activities}
     for key, kind in (("last_run", dict), ("last_full_listing", str), ("strava_since", str)):
         manifest[key] = data[key] if isinstance(data.get(key), kind) else None
+    unusable = data.get("unusable_listed")
+    manifest["unusable_listed"] = unusable if type(unusable) is int and unusable >= 0 else 0
     return manifest
 
 
@@ -1055,6 +1071,7 @@ class ManifestStore:
             "activities": {},
             "last_run": None,
             "last_full_listing": None,
+            "unusable_listed": 0,
         }
         self.changes = 0
         self.flushed_at = time.monotonic()

@@ -277,6 +277,18 @@ def test_malformed_activity_fields_are_skipped_or_coped_with(garmin, run, dest):
     assert manifest(dest)["activities"]["12"]["start_local"] == "2024-02-03 08:00:00"
 
 
+def test_an_unusable_listed_activity_does_not_cost_a_listing_every_run(
+    garmin, real_account, run, dest
+):
+    before_1970 = make_activity(40, datetime(1969, 7, 20, 20, 17))  # listed, counted, unusable
+    garmin.add_activity(before_1970, synthetic_fit(40))
+    assert run("--dest", dest).returncode == 0
+    garmin.clear_log()
+    result = run("--dest", dest)
+    assert result.returncode == 0, result.stderr
+    assert [e.path for e in garmin.log] == [COUNT]
+
+
 @pytest.mark.parametrize(
     "name", ["../../etc/passwd", "a/b", "..", "two\nlines", "🏃 run 🚴 ride", "x" * 500]
 )
