@@ -976,6 +976,17 @@ def iso_now(offset: dt.timedelta = dt.timedelta()) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def is_local_time(value: Any) -> bool:
+    """Whether a value is a real 'YYYY-MM-DD HH:MM:SS' time (not the 31st of February)."""
+    if not isinstance(value, str) or not LOCAL_TIME.fullmatch(value):
+        return False
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def files_on_disk(dest: Path) -> dict[int, tuple[str, str]]:
     """Every activity_<id>_<start>.<ext> regular file in DEST: id -> (name, start)."""
     found: dict[int, tuple[str, str]] = {}
@@ -984,7 +995,9 @@ def files_on_disk(dest: Path) -> dict[int, tuple[str, str]]:
             match = FILE_PATTERN.fullmatch(entry.name)
             if match and entry.is_file(follow_symlinks=False):
                 day, hh, mm, ss = match.group(2, 3, 4, 5)
-                found.setdefault(int(match.group(1)), (entry.name, f"{day} {hh}:{mm}:{ss}"))
+                start = f"{day} {hh}:{mm}:{ss}"
+                if is_local_time(start):  # not 2024-13-45: such a file is not ours
+                    found.setdefault(int(match.group(1)), (entry.name, start))
     return found
 
 
@@ -1000,8 +1013,7 @@ def clean_entry(key: str, value: Any) -> dict | None:
         return None
     if value.get("id") != int(key):
         return None
-    start = value.get("start_local")
-    if not isinstance(start, str) or not LOCAL_TIME.fullmatch(start):
+    if not is_local_time(value.get("start_local")):
         return None
     if value.get("status") not in STATUSES:
         return None

@@ -472,6 +472,22 @@ def test_a_manifest_that_cannot_be_read_stops_the_run_and_is_left_in_place(
     assert not list(dest.glob("garminsync.json.corrupt-*")) and not saved_files(dest)
 
 
+def test_a_file_or_entry_with_an_impossible_date_is_left_alone_and_breaks_nothing(
+    garmin, real_account, run, dest
+):
+    dest.mkdir()
+    stray = dest / "activity_123_2024-13-45_99-99-99.fit"
+    stray.write_bytes(b"not ours")
+    entry = {"id": 456, "start_local": "2024-02-31 07:00:00", "status": "pending"}
+    (dest / "garminsync.json").write_text(json.dumps({"version": 1, "activities": {"456": entry}}))
+    assert run("--dest", dest).returncode == 0
+    listing = run("--list", "all", "--offline", "--dest", dest)
+    assert listing.returncode == 0, listing.stderr
+    assert "123" not in manifest(dest)["activities"] and "456" not in manifest(dest)["activities"]
+    assert stray.read_bytes() == b"not ours"
+    assert len(saved_files(dest)) == 10  # the 9 originals, and the stray left as it was
+
+
 def test_a_manifest_from_a_future_version_is_left_untouched(garmin, real_account, run, dest):
     dest.mkdir()
     future = '{"version": 99, "activities": {}, "new_field": true}'
