@@ -2000,7 +2000,7 @@ def main(argv: list[str] | None = None) -> int:
         emit("debug", traceback.format_exc())
         emit(
             "error",
-            f"unexpected {err.__class__.__name__}: {str(err)[:200]} "
+            f"unexpected {err.__class__.__name__}: {' '.join(str(err).split())[:200]} "
             "(run with -v for details, and please report it)",
         )
         return EXIT_PARTIAL
