@@ -325,10 +325,14 @@ TEMP_PREFIX = ".garminsync-tmp-"
 
 
 def fsync_dir(directory: Path) -> None:
-    """Make a rename in a directory durable."""
+    """Make a rename in a directory durable (where the file system can: some network and
+    FUSE file systems refuse to fsync a directory, and the rename is done all the same)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
 
@@ -554,8 +558,9 @@ class NotFound(RequestFailed):
     """HTTP 404."""
 
 
-class Deadline(Exception):
-    """A request took longer than its total time budget."""
+class Deadline(BaseException):
+    """A request took longer than its total time budget (a BaseException, so no library's
+    `except Exception` swallows it, say in the middle of a token refresh)."""
 
 
 RETRIES = 3
@@ -649,7 +654,7 @@ class GarminAPI:
                     result = fn(path, **extra, **kwargs)
                 self.reached = True
                 return result
-            except Exception as err:
+            except (Exception, Deadline) as err:
                 answer = answers[-1] if answers else http_answer_of(err)
                 status = getattr(answer, "status_code", None)
                 self.reached = self.reached or status is not None
