@@ -1420,7 +1420,12 @@ def strava_upload(api: StravaAPI, entry: dict, path: Path) -> dict:
     answer = api.call("POST", "/api/v3/uploads", body, content_type)
     if not isinstance(answer.get("id"), int):
         raise RequestFailed(f"Strava's upload answer has no id: {str(answer)[:120]}")
-    return strava_outcome(answer) or strava_poll(api, answer["id"])
+    if outcome := strava_outcome(answer):
+        return outcome
+    # Kept before polling: if a rate limit or an outage stops the run while Strava is still
+    # processing, the next run looks at this upload instead of sending the file again.
+    entry["strava"] = {**previous, "status": "processing", "upload_id": answer["id"]}
+    return strava_poll(api, answer["id"])
 
 
 def strava_since(store: ManifestStore, settings: Settings) -> dt.date:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCRIPT
-from fake_garmin import make_activity, synthetic_fit, trickle
+from fake_garmin import make_activity, status, synthetic_fit, trickle
 from test_sync import manifest, saved_files
 
 UPLOADS = "/api/v3/uploads"
@@ -213,6 +213,20 @@ def test_revoked_authorisation_exits_3_after_the_garmin_step(garmin, strava, run
     assert result.returncode == 3
     assert "--strava-login" in result.stderr
     assert 50_000_000_007 in saved_files(dest)
+
+
+def test_an_upload_cut_short_while_processing_is_looked_at_next_run_not_sent_again(
+    garmin, strava, run, bare_env, dest
+):
+    strava.polls_until_ready = 1
+    add_today(garmin, 50_000_000_016)
+    garmin.add_fault(f"^{UPLOADS}/", status(429, {"Retry-After": "900"}), times=1)  # first poll
+    assert run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env).returncode == 75
+    assert strava_of(dest, 50_000_000_016)["status"] == "processing"
+    result = run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
+    assert result.returncode == 0, result.stderr
+    assert len([e for e in strava_requests(garmin) if e.method == "POST"]) == 1
+    assert strava_of(dest, 50_000_000_016)["status"] == "uploaded"
 
 
 def test_a_strava_outage_never_blocks_the_garmin_step(garmin, strava, run, bare_env, dest):
