@@ -1760,7 +1760,9 @@ def dest_lock(dest: Path):
 
 
 def local_write_error(err: OSError, dest: Path) -> Fatal:
-    """A one-line, actionable error for a failed write in DEST."""
+    """A one-line, actionable error for a failed write in DEST (or the folder the error
+    names: refreshed tokens are saved beside a request too)."""
+    dest = Path(err.filename).parent if isinstance(err.filename, str) else dest
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         why = f"cannot write in {dest}: {err.strerror} (disk full or file size limit)"
         return Fatal(EXIT_PARTIAL, f"{why}; free some space, the next run goes on")
@@ -2006,7 +2008,7 @@ def main(argv: list[str] | None = None) -> int:
             "are complete, the next run goes on",
         )
         return EXIT_SIGNAL_BASE + stop.signum
-    except Exception as err:
+    except (Exception, Deadline) as err:
         emit("debug", traceback.format_exc())
         emit(
             "error",
