@@ -465,6 +465,16 @@ def garth_seam(home: str, timeout: float) -> Seam | None:
     return Seam(client, {}, dump, persist)
 
 
+def keep_one_connection(client: Any) -> None:
+    """One kept-alive HTTPS connection for the whole run, sparing Garmin a TLS handshake per
+    activity. garminconnect 0.3.3+ keeps one itself; 0.3.2 opens a new one per request
+    through _fresh_api_session, pinned here only while that private method exists."""
+    fresh = getattr(client, "_fresh_api_session", None)
+    if callable(fresh) and not hasattr(client, "_api_session"):
+        session = fresh()
+        client._fresh_api_session = lambda: session
+
+
 def garminconnect_seam(tokens: str, timeout: float) -> Seam:
     """garminconnect 0.3's own client, loaded from the saved token text (no login call)."""
     from garminconnect.client import Client  # noqa: PLC0415 (lazy: offline runs skip it)
@@ -474,10 +484,7 @@ def garminconnect_seam(tokens: str, timeout: float) -> Seam:
         client.loads(tokens)
     except Exception:
         raise Fatal(EXIT_AUTH, f"the saved session in {token_file()} is unusable; {LOGIN_HINT}")
-    # garminconnect opens a new HTTPS connection per request; one kept-alive connection for the
-    # whole run spares Garmin (and us) a TLS handshake per activity.
-    session = client._fresh_api_session()
-    client._fresh_api_session = lambda: session
+    keep_one_connection(client)
     extra = {"timeout": (10, min(30.0, timeout))}
     return Seam(client, extra, client.dumps, save_tokens, takes_hooks=True)
 
