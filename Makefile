@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 # The one source of truth for the dependency: the PEP 723 header of garminsync.py.
 DEPS   := $(shell sed -n '/^# \/\/\/ script/,/^# \/\/\/$$/p' garminsync.py | grep -o '"garminconnect[^"]*"' | tr -d '"')
 
-.PHONY: test lint venv clean bench soak
+.PHONY: test lint venv clean bench soak test-matrix test-oldest test-newest
 
 $(VENV)/.installed: garminsync.py tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,45 @@ lint: venv
 test: lint
 	$(VPY) -m pytest
 
+# Both ends of the supported range, each in its own venv (what CI runs): the oldest pair,
+# Python 3.10 with the lowest garminconnect the header allows, and the newest, Python 3.13
+# with the newest garminconnect the package index serves for it. Interpreters are looked up
+# under `pyenv root`, then on PATH.
+OLDEST_PY := 3.10
+NEWEST_PY := 3.13
+OLDEST_DEP = $(subst >=,==,$(firstword $(subst $(comma), ,$(DEPS))))
+comma := ,
+find_python = py=$$(ls -d "$$(pyenv root 2>/dev/null)"/versions/$(1).*/bin/python$(1) 2>/dev/null \
+	| sort -V | tail -n 1); py=$${py:-$$(command -v python$(1))}; \
+	[ -n "$$py" ] || { echo "make: no Python $(1): install it (pyenv install $(1)) or put python$(1) on PATH" >&2; exit 1; }
+
+.venv-$(OLDEST_PY)/.installed: garminsync.py tests/requirements.txt
+	@$(call find_python,$(OLDEST_PY)); echo "oldest end: $$py with $(OLDEST_DEP)"; \
+	  $$py -m venv --clear .venv-$(OLDEST_PY)
+	.venv-$(OLDEST_PY)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  '$(OLDEST_DEP)' -r tests/requirements.txt
+	touch $@
+
+.venv-$(NEWEST_PY)/.installed: garminsync.py tests/requirements.txt
+	@$(call find_python,$(NEWEST_PY)); echo "newest end: $$py with the newest $(DEPS)"; \
+	  $$py -m venv --clear .venv-$(NEWEST_PY)
+	.venv-$(NEWEST_PY)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade \
+	  '$(DEPS)' -r tests/requirements.txt
+	touch $@
+
+test-oldest: .venv-$(OLDEST_PY)/.installed
+	@.venv-$(OLDEST_PY)/bin/python -c 'import sys, importlib.metadata as m; print("testing on Python", sys.version.split()[0], "with garminconnect", m.version("garminconnect"))'
+	.venv-$(OLDEST_PY)/bin/python -m pytest -q
+
+test-newest: .venv-$(NEWEST_PY)/.installed
+	@.venv-$(NEWEST_PY)/bin/python -c 'import sys, importlib.metadata as m; print("testing on Python", sys.version.split()[0], "with garminconnect", m.version("garminconnect"))'
+	.venv-$(NEWEST_PY)/bin/python -m pytest -q
+
+# One after the other: some tests listen on fixed ports (Strava's redirect on 9321).
+test-matrix: lint
+	$(MAKE) test-oldest
+	$(MAKE) test-newest
+
 # What a run costs Garmin, the network and the machine (not part of `make test`).
 bench: venv
 	$(VPY) bench/bench.py
@@ -31,7 +70,7 @@ soak: venv
 	KILL_TRIALS=$${KILL_TRIALS:-200} $(VPY) -m pytest tests/test_crash.py -s -o timeout=3600
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-$(OLDEST_PY) .venv-$(NEWEST_PY) .pytest_cache .ruff_cache .hypothesis
 
 # ---------------------------------------------------------------------------------------
 # `make install`: run garminsync for the current user under systemd, no root needed;
