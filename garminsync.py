@@ -24,13 +24,15 @@ Options:
     --since DATE / --until DATE      only activities whose local start date is in range
     --delay SECONDS   fixed pause between two Garmin requests; default $GARMINSYNC_DELAY or 2
     --limit N         download at most N activities this run
+    --retry-failed    with --missing: try the activities set aside after repeated failures
     --dry-run         show what --missing (or --strava-only) would do; write nothing
     --json            machine-readable output for --list and --status
     --strava, --strava-since DATE    with --missing: then upload new files to Strava
     -v / -q           more / less output;  --version, --help
 
 Files:
-    DEST/activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<fit|gpx|tcx>   the originals (local start time)
+    DEST/activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<fit|gpx|tcx>   the originals (local start time);
+        a multisport original of several files: ..._leg<n>of<m>.fit, one per leg
     DEST/garminsync.json     the manifest: what is known of every activity, and the last run
     DEST/.garminsync.lock    held while a run works on DEST (one run per DEST)
     $GARMINTOKENS/garmin_tokens.json   the saved session (default ~/.local/state/garminsync)
@@ -44,7 +46,7 @@ Exit codes: 0 success; 1 some activities failed (the rest saved) or a local writ
 2 usage or bad input; 3 authentication needed or refused; 75 temporary (rate limited,
 network down, another run holds DEST); 130/143 interrupted by SIGINT/SIGTERM.
 
-See README.md for how a run decides what is new, and what happens on failures.
+See README.md for everyday use and troubleshooting, docs/design.md for how a run decides.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_AUTH, EXIT_TEMPFAIL = 0, 1, 2, 3, 75
 EXIT_SIGNAL_BASE = 128
@@ -221,8 +223,8 @@ def on_stop_signal(signum: int, _frame: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Settings and credentials: the command line and environment turned into plain values,
-# and the three places a password may come from.
+# Settings: the command line and environment turned into one plain Settings value, and the
+# three places a password may come from.
 
 DEFAULT_DELAY = 2.0
 DEFAULT_TIMEOUT = 120.0
@@ -255,6 +257,7 @@ class Settings:
     delay: float = DEFAULT_DELAY
     timeout: float = DEFAULT_TIMEOUT
     limit: int | None = None
+    retry_failed: bool = False
     dry_run: bool = False
     json: bool = False
     verbosity: int = 0
@@ -262,14 +265,158 @@ class Settings:
     strava_since: dt.date | None = None
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"garminsync: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def iso_date(text: str) -> dt.date:
+    """A YYYY-MM-DD argument."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2024-05-31") from None
+
+
+def seconds(text: str) -> float:
+    """A number of seconds, from 0 up to a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def env_seconds(name: str, default: float, least: float = 0.0) -> float:
+    """A number of seconds (at least `least`) from the environment, or exit 2 saying why."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = seconds(raw) if raw else default
+    except argparse.ArgumentTypeError:
+        value = -1.0
+    if value < least:
+        raise Fatal(
+            EXIT_USAGE, f"{name}={raw!r} is not a number of seconds from {least:g}; fix or unset it"
+        )
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number from 1 up."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+ACTIONS = [  # flag, action, help
+    ("--missing", "missing", "download every activity not yet in DEST (the default)"),
+    ("--status", "status", "counts by status, the last run, the session"),
+    ("--login", "login", "log in interactively (MFA too) and save the session"),
+    ("--strava-only", "strava-only", "upload pending files to Strava; ask Garmin nothing"),
+    ("--strava-login", "strava-login", "authorise uploads to Strava (OAuth, once)"),
+]
+OPTIONS = [  # flag, argparse keywords
+    ("--dest", dict(metavar="DIR", help="where the files go ($GARMINSYNC_DEST, else ~/fit)")),
+    ("--offline", dict(action="store_true", help="--list/--status from the manifest only")),
+    ("--since", dict(type=iso_date, metavar="YYYY-MM-DD", help="only activities from this date")),
+    ("--until", dict(type=iso_date, metavar="YYYY-MM-DD", help="only activities up to this date")),
+    ("--delay", dict(type=seconds, metavar="SECONDS", help="pause between Garmin requests (2)")),
+    ("--limit", dict(type=positive_int, metavar="N", help="download at most N activities")),
+    ("--retry-failed", dict(action="store_true", help="try the set-aside activities again")),
+    ("--dry-run", dict(action="store_true", help="show what would be done; write nothing")),
+    ("--json", dict(action="store_true", help="machine-readable --list and --status")),
+    ("--strava", dict(action="store_true", help="with --missing: upload new files to Strava")),
+    ("--strava-since", dict(type=iso_date, metavar="YYYY-MM-DD", help="Strava start date")),
+]
+
+
+def env_switch(name: str) -> bool:
+    """An on/off setting from the environment (1/yes/true/on, 0/no/false/off or unset)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "no", "false", "off"):
+        return False
+    if value in ("1", "yes", "true", "on"):
+        return True
+    raise Fatal(EXIT_USAGE, f"{name}={value!r} is neither on (1) nor off (0); fix or unset it")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="garminsync.py",
+        description="Keep a local copy of the original file of every Garmin Connect activity.",
+        epilog="Exit codes: 0 ok, 1 some failed, 2 usage, 3 login needed, 75 try later, "
+        "130/143 stopped by SIGINT/SIGTERM.",
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
+        "--list",
+        dest="list_filter",
+        choices=("all", "missing", "downloaded"),
+        help="print activities: id, start, type, name, status",
+    )
+    for flag, const, text in ACTIONS:
+        action.add_argument(flag, dest="action", action="store_const", const=const, help=text)
+    for flag, keywords in OPTIONS:
+        parser.add_argument(flag, **keywords)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--version", action="version", version=f"garminsync {__version__}")
+    return parser
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    """The command line and environment as Settings; usage errors exit 2 with one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    action = "list" if args.list_filter else (args.action or "missing")
+    strava_env = env_switch("GARMINSYNC_STRAVA")
+    problems = [
+        (args.offline and action not in ("list", "status"), "--offline goes with --list/--status"),
+        (args.json and action not in ("list", "status"), "--json goes with --list or --status"),
+        (
+            args.dry_run and action not in ("missing", "strava-only"),
+            "--dry-run goes with --missing or --strava-only",
+        ),
+        (args.strava and action != "missing", "--strava goes with --missing"),
+        (args.retry_failed and action != "missing", "--retry-failed goes with --missing"),
+        (args.verbose and args.quiet, "-v and -q exclude each other"),
+        (args.since and args.until and args.since > args.until, "--since is after --until"),
+    ]
+    for bad, message in problems:
+        if bad:
+            parser.error(message)
+    delay = env_seconds("GARMINSYNC_DELAY", DEFAULT_DELAY) if args.delay is None else args.delay
+    return Settings(
+        action=action,
+        list_filter=args.list_filter or "all",
+        dest=Path(args.dest or os.environ.get("GARMINSYNC_DEST") or "~/fit").expanduser(),
+        offline=args.offline,
+        since=args.since,
+        until=args.until,
+        delay=delay,
+        timeout=env_seconds("GARMINSYNC_TIMEOUT", DEFAULT_TIMEOUT, least=1.0),
+        limit=args.limit,
+        retry_failed=args.retry_failed,
+        dry_run=args.dry_run,
+        json=args.json,
+        verbosity=1 if args.verbose else (-1 if args.quiet else 0),
+        strava=action == "strava-only" or (action == "missing" and (args.strava or strava_env)),
+        strava_since=args.strava_since,
+    )
+
+
 def token_file() -> Path:
     """The saved session (garminconnect 0.3's format): $GARMINTOKENS, a folder or a .json
-    file; else garmin_tokens.json in the XDG state dir."""
+    file; else ~/.local/state/garminsync/garmin_tokens.json, where the unit looks too."""
     if os.environ.get("GARMINTOKENS"):
         path = Path(os.environ["GARMINTOKENS"]).expanduser()
         return path if path.suffix == ".json" else path / "garmin_tokens.json"
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state).expanduser() / "garminsync" / "garmin_tokens.json"
+    return Path.home() / ".local" / "state" / "garminsync" / "garmin_tokens.json"
 
 
 def netrc_credentials(machines: tuple[str, ...]) -> tuple[str | None, str | None]:
@@ -371,621 +518,68 @@ def remove_stale_temp_files(directory: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Garmin session: the saved tokens, the one narrow seam to the client library (garminconnect,
-# or a saved garth session), and the pacing, retries and timeouts around every request.
+# File names: the one contract between an activity and its files in DEST, read back when
+# the manifest is rebuilt: activity_<id>_<local start>[_leg<n>of<m>].<ext>.
 
-
-def read_saved_tokens() -> tuple[str | None, str]:
-    """The saved session's JSON text, or None and why there is no usable one."""
-    path = token_file()
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None, "no saved Garmin session"
-    if st.st_mode & 0o077:
-        emit("warning", f"{path} was readable by group or others; tightened it to 0600")
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o600)
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text)
-    except (OSError, ValueError) as err:
-        return None, f"the saved session {path} is unreadable ({err.__class__.__name__})"
-    if not isinstance(data, dict) or not isinstance(data.get("di_token"), str):
-        return None, f"the saved session {path} holds no token"
-    add_secret(data["di_token"])
-    add_secret(data.get("di_refresh_token"))
-    return text, ""
-
-
-def save_tokens(text: str) -> None:
-    """Store the Garmin session atomically."""
-    save_in_token_store(token_file(), text)
-
-
-def save_in_token_store(path: Path, text: str) -> None:
-    """Write a secret file atomically: directory 0700, file 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(OSError):
-        os.chmod(path.parent, 0o700)
-    atomic_write(path, text.encode("utf-8"), mode=0o600)
-
-
-def session_saved() -> bool:
-    """Whether a session file exists and parses (for --status; never contacts Garmin)."""
-    try:
-        return isinstance(json.loads(token_file().read_text(encoding="utf-8")), dict)
-    except (OSError, ValueError):
-        return False
-
-
-@dataclasses.dataclass
-class Seam:
-    """The client library behind one interface: connectapi(path, ...) and download(path, ...).
-
-    A failed request's HTTP answer comes from a requests response hook (garminconnect) or
-    from the exception (garth raises GarthHTTPError with the answer in .error.response)."""
-
-    client: Any
-    extra_kwargs: dict  # passed with every request (garminconnect: the timeout)
-    dump_tokens: Callable[[], str | None]
-    persist: Callable[[str], None]
-    takes_hooks: bool = False  # whether requests' response hooks reach the HTTP layer
-
-
-def garth_seam(home: str, timeout: float) -> Seam | None:
-    """A saved garth (or garth-ng) session from $GARTH_HOME, when garth is importable."""
-    try:
-        import garth  # noqa: PLC0415 (optional, and lazy so offline runs stay light)
-    except ImportError:
-        emit("debug", "GARTH_HOME is set but garth is not installed; using garminconnect")
-        return None
-    try:
-        garth.resume(home)
-    except Exception as err:
-        raise Fatal(EXIT_AUTH, f"cannot resume the garth session in {home} ({err}); {LOGIN_HINT}")
-    client = garth.client
-    with contextlib.suppress(Exception):  # garminsync paces and retries; garth must not
-        client.configure(timeout=int(timeout), retries=0)
-
-    def dump() -> str:
-        """The session as {file name: content}, the way garth saves it in $GARTH_HOME
-        (garth keeps an OAuth1 and an OAuth2 token, garth-ng only the OAuth2 one)."""
-        tokens = {name: getattr(client, name, None) for name in ("oauth1_token", "oauth2_token")}
-        return json.dumps(
-            {f"{name}.json": dataclasses.asdict(t) for name, t in tokens.items() if t},
-            sort_keys=True,
-        )
-
-    def persist(text: str) -> None:
-        for name, value in json.loads(text).items():
-            atomic_write(Path(home).expanduser() / name, json.dumps(value).encode(), 0o600)
-
-    add_token_secrets(dump())
-    return Seam(client, {}, dump, persist)
-
-
-def keep_one_connection(client: Any) -> None:
-    """One kept-alive HTTPS connection for the whole run, sparing Garmin a TLS handshake per
-    activity. garminconnect 0.3.3+ keeps one itself; 0.3.2 opens a new one per request
-    through _fresh_api_session, pinned here only while that private method exists."""
-    fresh = getattr(client, "_fresh_api_session", None)
-    if callable(fresh) and not hasattr(client, "_api_session"):
-        session = fresh()
-        client._fresh_api_session = lambda: session
-
-
-def garminconnect_seam(tokens: str, timeout: float) -> Seam:
-    """garminconnect 0.3's own client, loaded from the saved token text (no login call)."""
-    from garminconnect.client import Client  # noqa: PLC0415 (lazy: offline runs skip it)
-
-    client = Client()
-    try:
-        client.loads(tokens)
-    except Exception:
-        raise Fatal(EXIT_AUTH, f"the saved session in {token_file()} is unusable; {LOGIN_HINT}")
-    keep_one_connection(client)
-    extra = {"timeout": (10, min(30.0, timeout))}
-    return Seam(client, extra, client.dumps, save_tokens, takes_hooks=True)
-
-
-def open_seam(settings: Settings) -> Seam:
-    """The client for this run: a saved garth session, else the saved garminconnect session,
-    else a non-interactive login with stored credentials; exit 3 when none of that works."""
-    if os.environ.get("GARTH_HOME"):
-        seam = garth_seam(os.environ["GARTH_HOME"], settings.timeout)
-        if seam:
-            return seam
-    tokens, problem = read_saved_tokens()
-    if tokens is None:
-        tokens = login(interactive=False, problem=problem)
-    return garminconnect_seam(tokens, settings.timeout)
-
-
-def ask(prompt: str, secret: bool = False) -> str:
-    """One answer typed at the terminal; the end of input stops the run with exit 3."""
-    import getpass  # noqa: PLC0415
-    import warnings  # noqa: PLC0415
-
-    try:
-        with warnings.catch_warnings():  # getpass warns at length when stdin is no terminal
-            warnings.simplefilter("ignore")
-            answer = getpass.getpass(prompt) if secret else input(prompt)
-    except (EOFError, RuntimeError):
-        print(file=sys.stderr)
-        raise Fatal(EXIT_AUTH, "the input ended before the answer; run --login at a terminal")
-    return answer.strip()
-
-
-def login(interactive: bool, problem: str = "") -> str:
-    """Log in with garminconnect, save the session and return its token text."""
-    email_addr, password = find_credentials(("garmin_email", "garmin_password"), NETRC_MACHINES)
-    if interactive:
-        email_addr = email_addr or ask("Garmin Connect email: ")
-        password = password or ask("Garmin Connect password: ", secret=True)
-        add_secret(password)
-    if not (email_addr and password):
-        if interactive:
-            raise Fatal(EXIT_AUTH, "no email or password given; run --login again and type them")
-        raise Fatal(EXIT_AUTH, f"{problem} and no credentials; {LOGIN_HINT}")
-    from garminconnect.client import Client  # noqa: PLC0415
-    from garminconnect.exceptions import (  # noqa: PLC0415
-        GarminConnectAuthenticationError,
-        GarminConnectTooManyRequestsError,
-    )
-
-    # Without a prompt, garminconnect raises an authentication error that names MFA.
-    ask_mfa = (lambda: ask("MFA code: ")) if interactive else None
-    client = Client()
-    emit("info", f"logging in to Garmin Connect as {email_addr}")
-    try:
-        client.login(email_addr, password, prompt_mfa=ask_mfa)
-    except GarminConnectAuthenticationError as err:
-        if "MFA" in str(err):
-            raise Fatal(EXIT_AUTH, f"Garmin asks for a one-time code (MFA); {LOGIN_HINT}")
-        raise Fatal(EXIT_AUTH, f"Garmin refused the login ({err}); check the email and password")
-    except GarminConnectTooManyRequestsError:
-        raise Fatal(EXIT_TEMPFAIL, "Garmin is rate limiting logins; try again in an hour")
-    except Exception as err:
-        why = describe_failure(err, None)  # the library's reason can run to 500 characters
-        raise Fatal(EXIT_TEMPFAIL, f"login failed, Garmin Connect unreachable? ({why}); try later")
-    tokens = client.dumps()
-    for value in json.loads(tokens).values():
-        add_secret(value)
-    save_tokens(tokens)
-    emit("info", f"session saved in {token_file()}")
-    return tokens
-
-
-class RequestFailed(Exception):
-    """A Garmin request that failed after its retries (the message says why)."""
-
-
-class NotFound(RequestFailed):
-    """HTTP 404."""
-
-
-class Deadline(BaseException):
-    """A request took longer than its total time budget (a BaseException, so no library's
-    `except Exception` swallows it, say in the middle of a token refresh)."""
-
-
-RETRIES = 3
-MAX_RETRY_AFTER_TOTAL = 300.0  # seconds a run will wait on 429s before stopping with exit 75
-
-
-def on_deadline(_signum: int, _frame: Any) -> None:
-    raise Deadline()
-
-
-@contextlib.contextmanager
-def time_budget(seconds: float):
-    """Bound a whole request (a trickling body too), not only each socket read."""
-    previous = signal.signal(signal.SIGALRM, on_deadline)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds (delta or HTTP date), or None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    import email.utils  # noqa: PLC0415 (only a 429 needs it; it costs every start 12 ms)
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
-
-
-def describe_failure(err: BaseException, status: int | None) -> str:
-    """A short reason for a failed request, without the library's traceback."""
-    if isinstance(err, Deadline):
-        return "timed out"
-    if status is not None and status >= 400:
-        return f"HTTP {status}"
-    if isinstance(err, ValueError) and "JSON" in err.__class__.__name__ + str(err):
-        return "the answer is not JSON"
-    text = str(err).split("\n")[0]
-    name = err.__class__.__name__
-    return f"{name}: {text[:160]}" if text else name
-
-
-def http_answer_of(err: Exception) -> Any:
-    """The HTTP answer a garth error carries (GarthHTTPError.error.response), or None."""
-    return getattr(getattr(err, "error", None), "response", None)
-
-
-class GarminAPI:
-    """Paced, retried, time-bounded GET requests to Garmin Connect through the seam."""
-
-    def __init__(self, seam: Seam, settings: Settings) -> None:
-        self.seam = seam
-        self.delay = settings.delay
-        self.timeout = settings.timeout
-        self.last_request = 0.0
-        self.waited_on_429 = 0.0
-        self.requests = 0
-        self.reached = False  # whether Garmin answered anything at all this run
-        self.saved_tokens = seam.dump_tokens()
-
-    def get_json(self, path: str, params: dict | None = None) -> Any:
-        return self._call(self.seam.client.connectapi, path, params=params)
-
-    def get_bytes(self, path: str) -> bytes:
-        return self._call(self.seam.client.download, path)
-
-    def _call(self, fn: Callable, path: str, **kwargs: Any) -> Any:
-        """One request: paced, time-bounded, 429s waited out, other failures tried 3 times."""
-        attempt = 0
-        while True:
-            answers: list = []
-            extra = dict(self.seam.extra_kwargs)
-            if self.seam.takes_hooks:  # keeps every HTTP answer, the 401 before a refresh too
-                extra["hooks"] = {"response": lambda r, *_, seen=answers, **__: seen.append(r)}
-            time.sleep(max(0.0, self.last_request + self.delay - time.monotonic()))
-            self.requests += 1
-            emit("debug", f"GET {path} {kwargs.get('params') or ''}".rstrip())
-            try:
-                with time_budget(self.timeout):
-                    result = fn(path, **extra, **kwargs)
-                self.reached = True
-                return result
-            except (Exception, Deadline) as err:
-                answer = answers[-1] if answers else http_answer_of(err)
-                status = getattr(answer, "status_code", None)
-                self.reached = self.reached or status is not None
-                if status == 429:
-                    self._wait_for_rate_limit(answer)
-                    continue
-                if status in (401, 403):
-                    raise Fatal(
-                        EXIT_AUTH, f"Garmin refused the saved session (HTTP {status}); {LOGIN_HINT}"
-                    )
-                if status == 404:
-                    raise NotFound("HTTP 404") from err
-                attempt += 1
-                reason = describe_failure(err, status)
-                if attempt >= RETRIES or 400 <= (status or 0) < 500:  # other 4xx: no retry
-                    raise RequestFailed(reason) from err
-                backoff = max(self.delay, 0.5) * 2 ** (attempt - 1)
-                emit("debug", f"{path}: {reason}; retry in {backoff:g}s")
-                time.sleep(backoff)
-            finally:
-                self.last_request = time.monotonic()
-                self._persist_refreshed_tokens()
-
-    def _wait_for_rate_limit(self, answer: Any) -> None:
-        """Honour Retry-After within the run's budget; beyond it, stop with exit 75."""
-        wait = retry_after_seconds(answer.headers.get("Retry-After"))
-        wait = 60.0 if wait is None else wait
-        if self.waited_on_429 + wait > MAX_RETRY_AFTER_TOTAL:
-            why = f"Garmin is rate limiting (HTTP 429, Retry-After {wait:.0f}s)"
-            raise Fatal(EXIT_TEMPFAIL, f"{why}; everything so far is saved, the next run goes on")
-        emit("warning", f"Garmin is rate limiting (HTTP 429); waiting {wait:.0f}s as asked")
-        self.waited_on_429 += max(wait, 10.0)  # a Retry-After of 0, again and again, ends too
-        time.sleep(wait)
-
-    def _persist_refreshed_tokens(self) -> None:
-        """When the library refreshed the tokens, save them at once (atomically, 0600)."""
-        current = self.seam.dump_tokens()
-        if current and current != self.saved_tokens:
-            add_token_secrets(current)
-            self.seam.persist(current)
-            self.saved_tokens = current
-            emit("debug", "tokens refreshed and saved")
-
-
-# ---------------------------------------------------------------------------------------
-# Listing: turning Garmin's activity list into plain records, and deciding what is new
-# with as few requests as possible (one, when nothing changed).
-
-LIST_PATH = "/activitylist-service/activities/search/activities"
-COUNT_PATH = "/activitylist-service/activities/count"
-DOWNLOAD_PATH = "/download-service/files/activity/{id}"
-FIRST_PAGE = 100  # an incremental run's first page: new activities are almost always here
-PAGE = 1000  # the most the list endpoint returns per request
-FULL_LISTING_EVERY = dt.timedelta(days=7)
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-MAX_ACTIVITY_ID = 10**20 - 1  # 20 digits, as FILE_PATTERN reads them (Garmin's have 11)
-
-
-class ListingFailed(Exception):
-    """Garmin's activity list could not be read (the message says why)."""
-
-
-def parse_start(value: Any) -> dt.datetime | None:
-    """Garmin's 'YYYY-MM-DD HH:MM:SS' (or ISO 8601) start time, or None if it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace("T", " ")[:19])
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=None, microsecond=0)
-
-
-def activity_record(raw: Any) -> dict | None:
-    """The manifest's view of one listed activity, or None when it lacks an id or start."""
-    if not isinstance(raw, dict):
-        return None
-    activity_id = raw.get("activityId")
-    if isinstance(activity_id, str) and re.fullmatch(r"[0-9]+", activity_id.strip()):
-        activity_id = int(activity_id.strip())
-    if isinstance(activity_id, bool) or not isinstance(activity_id, int):
-        return None
-    if not 0 < activity_id <= MAX_ACTIVITY_ID:  # its file name could not be read back
-        return None
-    start = parse_start(raw.get("startTimeLocal")) or parse_start(raw.get("startTimeGMT"))
-    if start is None and isinstance(raw.get("beginTimestamp"), (int, float)):
-        with contextlib.suppress(OverflowError, OSError, ValueError):
-            start = dt.datetime.fromtimestamp(raw["beginTimestamp"] / 1000, dt.timezone.utc)
-            start = start.replace(tzinfo=None)
-    if start is None or start.year < 1970:
-        return None
-    gmt = parse_start(raw.get("startTimeGMT"))
-    kind = raw.get("activityType")
-    type_key = kind.get("typeKey") if isinstance(kind, dict) else None
-    name = raw.get("activityName")
-    return {
-        "id": activity_id,
-        "start_local": start.strftime(TIME_FORMAT),
-        "start_gmt": gmt.strftime(TIME_FORMAT) if gmt else None,
-        "type": valid_text(type_key) if isinstance(type_key, str) and type_key else "unknown",
-        "name": valid_text(name) if isinstance(name, str) else "",
-        "manual": raw.get("manualActivity") is True,
-    }
-
-
-def list_page(api: GarminAPI, start: int, limit: int, settings: Settings) -> tuple[list, int]:
-    """One page of the newest-first list: the usable records, and how many items it held."""
-    params: dict[str, Any] = {"start": start, "limit": limit}
-    if settings.since:
-        params["startDate"] = settings.since.isoformat()
-    if settings.until:
-        params["endDate"] = settings.until.isoformat()
-    try:
-        answer = api.get_json(LIST_PATH, params=params)
-    except RequestFailed as err:
-        raise ListingFailed(f"the activity list failed: {err}") from err
-    if not isinstance(answer, list):
-        raise ListingFailed(f"the activity list answered with {type(answer).__name__}, not a list")
-    records = [record for record in map(activity_record, answer) if record is not None]
-    if skipped := len(answer) - len(records):
-        emit("warning", f"skipped {skipped} listed activities without a usable id or start time")
-    return records, len(answer)
-
-
-def fetch_count(api: GarminAPI) -> int:
-    """How many activities the account has, per Garmin (one small request)."""
-    try:
-        answer = api.get_json(COUNT_PATH)
-    except RequestFailed as err:
-        raise ListingFailed(f"the activity count failed: {err}") from err
-    total = answer.get("totalCount") if isinstance(answer, dict) else None
-    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-        raise ListingFailed("the activity count answer holds no totalCount")
-    return total
-
-
-@dataclasses.dataclass
-class Walk:
-    """What one walk down the list found."""
-
-    new: int = 0  # activities not known to be on Garmin before
-    seen: set[int] = dataclasses.field(default_factory=set)
-    unusable: int = 0  # listed items without a usable id or start (Garmin counts them too)
-    complete: bool = False  # whether the whole list was read
-
-
-def walk_list(
-    api: GarminAPI, store: ManifestStore, settings: Settings, want_new: int | None, total: int
-) -> Walk:
-    """Page through the newest-first list, merging each record into the manifest; stop
-    early once `want_new` unknown activities were found (None: read to the end)."""
-    walk, start = Walk(), 0
-    limit = FIRST_PAGE if want_new else PAGE
-    while True:
-        records, held = list_page(api, start, limit, settings)
-        before = len(walk.seen)
-        walk.unusable += held - len(records)
-        for record in records:
-            walk.seen.add(record["id"])
-            walk.new += store.merge_listed(record)
-        counted = len(walk.seen) + walk.unusable
-        if held < limit or (want_new is None and total and counted >= total):
-            walk.complete = True
-            return walk
-        if want_new is not None and walk.new >= want_new:
-            return walk
-        if len(walk.seen) == before:
-            emit("warning", "Garmin's list repeats itself; stopping the listing here")
-            return walk
-        start, limit = start + held, PAGE
-
-
-def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> int:
-    """Bring the manifest up to date with Garmin's list; return how many activities are new.
-
-    The rule: Garmin's count equal to the number of known activities means nothing is new
-    (one request). Otherwise read the newest-first list until as many unknown activities
-    turned up as the count says, however deep they sit (late uploads). The whole list is
-    read on the first run, when the count dropped (deletions) and once every 7 days."""
-    if settings.since or settings.until:
-        return walk_list(api, store, settings, None, 0).new  # a date range: read it whole
-    total = fetch_count(api)
-    present = store.present_ids()
-    known = len(present) + store.data["unusable_listed"]  # Garmin counts the unusable too
-    last_full = store.data.get("last_full_listing")
-    full_due = (
-        not present or not isinstance(last_full, str) or last_full < iso_now(-FULL_LISTING_EVERY)
-    )
-    if not full_due and total == known:
-        emit("debug", f"Garmin counts {total} activities, all known: nothing new")
-        return 0
-    want_new = None if full_due or total < known else total - known
-    walk = walk_list(api, store, settings, want_new, total)
-    if walk.complete and len(walk.seen) + walk.unusable < total:
-        emit("debug", f"read {len(walk.seen)} of {total} activities; the list moved, reading again")
-        again = walk_list(api, store, settings, None, total)
-        again.new, again.seen = walk.new + again.new, walk.seen | again.seen
-        walk = again
-    if walk.complete:
-        store.mark_gone(present - walk.seen)
-        store.data["last_full_listing"] = iso_now()
-        store.data["unusable_listed"] = walk.unusable
-    return walk.new
-
-
-# ---------------------------------------------------------------------------------------
-# Download: one activity's zip from Garmin to DEST/activity_<id>_<start>.<ext>, checked
-# (member, size, CRC, content) before it is renamed into place.
-
 ORIGINAL_EXTENSIONS = ("fit", "gpx", "tcx")
-MANUAL = "manual entry: Garmin keeps no file"
-MAX_ORIGINAL_BYTES = 64 * 1024 * 1024  # the largest original (after unzipping) we accept
-
-
-class BadArchive(Exception):
-    """The download is not a zip holding one plausible activity file."""
-
-
-def activity_filename(record: dict, ext: str) -> str:
-    """activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<ext>: built from numbers only, never from names."""
-    start = dt.datetime.strptime(record["start_local"], TIME_FORMAT)
-    return f"activity_{int(record['id'])}_{start:%Y-%m-%d_%H-%M-%S}.{ext}"
-
-
-def pick_original(archive: zipfile.ZipFile) -> tuple[zipfile.ZipInfo, str]:
-    """The one activity file in Garmin's zip and its extension; its name is never a path."""
-    candidates = []
-    for info in archive.infolist():
-        ext = info.filename.rsplit(".", 1)[-1].lower() if "." in info.filename else ""
-        if not info.is_dir() and ext in ORIGINAL_EXTENSIONS:
-            candidates.append((info, ext))
-    if len(candidates) != 1:
-        raise BadArchive(f"the zip holds {len(candidates)} .fit/.gpx/.tcx files, expected one")
-    info, ext = candidates[0]
-    if info.file_size > MAX_ORIGINAL_BYTES:
-        raise BadArchive(f"the file in the zip is {info.file_size} bytes, over the size cap")
-    return info, ext
-
-
-def plausible_content(ext: str, head: bytes) -> bool:
-    """A FIT file carries '.FIT' at bytes 8-11; GPX and TCX are XML."""
-    if ext == "fit":
-        return len(head) >= 12 and head[8:12] == b".FIT"
-    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
-
-
-def save_original(dest: Path, record: dict, data: bytes) -> tuple[str, int]:
-    """Unzip the original into DEST atomically; returns (file name, size)."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError) as err:
-        kind = "an empty answer" if not data else f"not a zip ({len(data)} bytes)"
-        raise BadArchive(f"Garmin sent {kind}") from err
-    with archive:
-        info, ext = pick_original(archive)
-        name = activity_filename(record, ext)
-        with atomic_file(dest / name) as out:
-            size = copy_member(archive, info, ext, out)
-    return name, size
-
-
-def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ext: str, out: IO[bytes]) -> int:
-    """Copy one member into an open file, checking its content, size cap and CRC."""
-    try:
-        with archive.open(info) as member:
-            head = member.read(64)
-            if not plausible_content(ext, head):
-                raise BadArchive(f"the .{ext} file in the zip is not a {ext.upper()} file")
-            out.write(head)
-            size = len(head)
-            while chunk := member.read(1024 * 1024):  # the CRC is checked at the end
-                size += len(chunk)
-                if size > MAX_ORIGINAL_BYTES:
-                    raise BadArchive("the file in the zip unpacks past the size cap")
-                out.write(chunk)
-    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
-        raise BadArchive(f"the zip is damaged ({err})") from err
-    except (RuntimeError, NotImplementedError, ValueError) as err:  # encrypted, deflate64...
-        raise BadArchive(f"the zip cannot be unpacked ({str(err)[:80]})") from err
-    return size
-
-
-def fetch_original(api: GarminAPI, dest: Path, record: dict) -> dict:
-    """Download one activity; returns the manifest fields describing the outcome."""
-    if record.get("manual"):
-        return {"status": "no_file", "error": MANUAL}
-    try:
-        data = api.get_bytes(DOWNLOAD_PATH.format(id=int(record["id"])))
-    except NotFound:
-        return {"status": "no_file", "error": "Garmin has no original file (HTTP 404)"}
-    except RequestFailed as err:
-        return {"status": "failed", "error": str(err)}
-    try:
-        name, size = save_original(dest, record, data)
-    except BadArchive as err:
-        return {"status": "failed", "error": str(err)}
-    return {
-        "status": "downloaded",
-        "file": name,
-        "size": size,
-        "downloaded_at": iso_now(),
-        "error": None,
-    }
-
-
-# ---------------------------------------------------------------------------------------
-# Manifest: DEST/garminsync.json, what is known of every activity plus the last run. The
-# files on disk are the ground truth; the manifest is rebuilt from them when it cannot be read.
-
-MANIFEST_NAME = "garminsync.json"
-MANIFEST_VERSION = 1
-LOCK_NAME = ".garminsync.lock"
-FILE_PATTERN = re.compile(
-    r"activity_([1-9][0-9]{0,19})_(\d{4}-\d{2}-\d{2})_(\d{2})-(\d{2})-(\d{2})\.(fit|gpx|tcx)"
-)
+MAX_ACTIVITY_ID = 10**20 - 1  # 20 digits, as FILE_PATTERN reads them (Garmin's have 11)
+MAX_LEGS = 99
 LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # as the manifest keeps it
-STATUSES = ("pending", "downloaded", "no_file", "failed")
-FLUSH_SECONDS, FLUSH_CHANGES = 30.0, 1000  # bounded rewrites of a growing manifest
+FILE_PATTERN = re.compile(
+    r"activity_([1-9][0-9]{0,19})_(\d{4}-\d{2}-\d{2})_(\d{2})-(\d{2})-(\d{2})"
+    r"(?:_leg([1-9][0-9]?)of([1-9][0-9]?))?\.(fit|gpx|tcx)"
+)
 
 
-def iso_now(offset: dt.timedelta = dt.timedelta()) -> str:
-    """The current UTC time (plus an offset) as ISO 8601 seconds with a Z."""
-    now = dt.datetime.now(dt.timezone.utc) + offset
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+def activity_filename(record: dict, ext: str, leg: int = 0, legs: int = 0) -> str:
+    """activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<ext>, built from numbers only, never from names;
+    leg n of a multisport original of m files adds _leg<n>of<m>."""
+    start = dt.datetime.strptime(record["start_local"], TIME_FORMAT)
+    part = f"_leg{leg}of{legs}" if legs else ""
+    return f"activity_{int(record['id'])}_{start:%Y-%m-%d_%H-%M-%S}{part}.{ext}"
+
+
+def leg_filename(first: str, leg: int, legs: int) -> str:
+    """The name of leg n, from the name of leg 1."""
+    return first.replace(f"_leg1of{legs}.", f"_leg{leg}of{legs}.")
+
+
+def activity_files(entry: dict) -> list[str]:
+    """The names of a downloaded activity's files: one, or one per leg."""
+    if not entry["file"] or not entry["legs"]:
+        return [entry["file"]] if entry["file"] else []
+    return [leg_filename(entry["file"], n, entry["legs"]) for n in range(1, entry["legs"] + 1)]
+
+
+def files_on_disk(dest: Path) -> dict[int, tuple[str, str, int]]:
+    """Every activity file set in DEST: id -> (name, local start, legs). A multisport
+    activity counts only when all its legs are there; its name is that of leg 1."""
+    found: dict[int, tuple[str, str, int]] = {}
+    legs_found: dict[tuple[int, str, str, int], set[int]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(os.scandir(dest), key=lambda e: e.name):
+            match = FILE_PATTERN.fullmatch(entry.name)
+            if not match or not entry.is_file(follow_symlinks=False):
+                continue
+            day, hh, mm, ss = match.group(2, 3, 4, 5)
+            start = f"{day} {hh}:{mm}:{ss}"
+            if not is_local_time(start):  # not 2024-13-45: such a file is not ours
+                continue
+            activity_id, leg, legs = (
+                int(match.group(1)),
+                int(match.group(6) or 0),
+                int(match.group(7) or 0),
+            )
+            if not legs:
+                found.setdefault(activity_id, (entry.name, start, 0))
+            elif 1 <= leg <= legs and legs >= 2:
+                first = entry.name.replace(f"_leg{leg}of{legs}.", f"_leg1of{legs}.")
+                legs_found.setdefault((activity_id, first, start, legs), set()).add(leg)
+    for (activity_id, first, start, legs), seen in legs_found.items():
+        if len(seen) == legs:
+            found.setdefault(activity_id, (first, start, legs))
+    return found
 
 
 def is_local_time(value: Any) -> bool:
@@ -999,46 +593,112 @@ def is_local_time(value: Any) -> bool:
     return True
 
 
-def files_on_disk(dest: Path) -> dict[int, tuple[str, str]]:
-    """Every activity_<id>_<start>.<ext> regular file in DEST: id -> (name, start)."""
-    found: dict[int, tuple[str, str]] = {}
-    with contextlib.suppress(FileNotFoundError):
-        for entry in sorted(os.scandir(dest), key=lambda e: e.name):
-            match = FILE_PATTERN.fullmatch(entry.name)
-            if match and entry.is_file(follow_symlinks=False):
-                day, hh, mm, ss = match.group(2, 3, 4, 5)
-                start = f"{day} {hh}:{mm}:{ss}"
-                if is_local_time(start):  # not 2024-13-45: such a file is not ours
-                    found.setdefault(int(match.group(1)), (entry.name, start))
-    return found
+def iso_now(offset: dt.timedelta = dt.timedelta()) -> str:
+    """The current UTC time (plus an offset) as ISO 8601 seconds with a Z."""
+    now = dt.datetime.now(dt.timezone.utc) + offset
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------
+# Manifest: DEST/garminsync.json, what is known of every activity plus the last run. The
+# files on disk are the ground truth; the manifest is rebuilt from them when it cannot be read.
+
+MANIFEST_NAME = "garminsync.json"
+MANIFEST_VERSION = 1
+LOCK_NAME = ".garminsync.lock"
+STATUSES = ("pending", "downloaded", "no_file", "failed", "set_aside")
+FLUSH_SECONDS, FLUSH_CHANGES = 30.0, 1000  # bounded rewrites of a growing manifest
+
+# The one definition of a manifest entry: every field, its JSON type and its default.
+# Creating, checking, merging and writing an entry all go by this table.
+ENTRY: dict[str, tuple[type, Any]] = {
+    "id": (int, 0),
+    "start_local": (str, ""),  # 'YYYY-MM-DD HH:MM:SS', the activity's local start
+    "start_gmt": (str, None),
+    "type": (str, "unknown"),  # Garmin's typeKey
+    "name": (str, ""),
+    "manual": (bool, False),  # entered by hand: Garmin keeps no file
+    "parent": (int, None),  # a multisport leg Garmin lists on its own: the parent's id
+    "status": (str, "pending"),  # one of STATUSES
+    "file": (str, None),  # the original's name in DEST; of a multisport one, leg 1's
+    "legs": (int, 0),  # how many leg files a multisport original has; 0 for one file
+    "size": (int, None),  # bytes, all legs together
+    "downloaded_at": (str, None),
+    "error": (str, None),  # why the last download failed
+    "failures": (int, 0),  # runs in a row whose download of it failed
+    "first_failure": (str, None),  # when the first of those runs was
+    "gone_since": (str, None),  # when a full listing found it deleted on Garmin
+    "strava": (dict, None),  # the upload of the file to Strava, as STRAVA_UPLOAD
+    "strava_legs": (list, None),  # of a multisport original: one STRAVA_UPLOAD (or null) a leg
+}
+STRAVA_UPLOAD: dict[str, tuple[type, Any]] = {
+    "status": (str, None),  # one of STRAVA_STATUSES
+    "upload_id": (int, None),
+    "activity_id": (int, None),
+    "error": (str, None),
+    "attempts": (int, 0),
+    "at": (str, None),
+}
+STRAVA_STATUSES = ("uploaded", "duplicate", "failed", "processing")
+# The manifest's other fields (besides "version" and "activities").
+MANIFEST_FIELDS: dict[str, tuple[type, Any]] = {
+    "last_run": (dict, None),
+    "last_full_listing": (str, None),  # ISO UTC time of the last complete listing
+    "count_offset": (int, 0),  # Garmin's count minus the activities its list shows
+    "strava_since": (str, None),  # 'YYYY-MM-DD': uploads start with activities of this day
+}
+
+
+def fits(value: Any, kind: type) -> bool:
+    """Whether a JSON value has this type (a bool is not an int here)."""
+    return type(value) is int if kind is int else isinstance(value, kind)
+
+
+def clean_fields(value: dict, schema: dict, where: str, problems: list[str]) -> dict:
+    """The schema's fields taken from value: each of its type, else its default (and noted)."""
+    clean = {}
+    for field, (kind, default) in schema.items():
+        got = value.get(field)
+        if got is not None and not fits(got, kind):
+            problems.append(f"{where}.{field}")
+            got = None
+        clean[field] = default if got is None else got
+    return clean
 
 
 def new_entry(record: dict) -> dict:
     """A manifest entry with every field, for an activity seen for the first time."""
-    entry = dict.fromkeys(("start_gmt", "file", "size", "downloaded_at", "error", "gone_since"))
-    return {**entry, "type": "unknown", "name": "", "manual": False, "status": "pending", **record}
+    return {**{field: default for field, (_, default) in ENTRY.items()}, **record}
 
 
-def clean_entry(key: str, value: Any) -> dict | None:
-    """A manifest entry with the right types, or None when it cannot be one."""
+def clean_entry(key: str, value: Any, problems: list[str]) -> dict | None:
+    """A manifest entry with every field of the right type, or None when it cannot be one
+    (its id is not its key, its start is no time, its status unknown)."""
     if not isinstance(value, dict) or not (key.isascii() and key.isdigit()):
         return None
-    if value.get("id") != int(key):
-        return None
-    if not is_local_time(value.get("start_local")):
+    if value.get("id") != int(key) or not is_local_time(value.get("start_local")):
         return None
     if value.get("status") not in STATUSES:
         return None
-    entry = {"id": int(key), "start_local": value["start_local"], "status": value["status"]}
-    for field in ("start_gmt", "type", "name", "file", "downloaded_at", "error", "gone_since"):
-        entry[field] = value[field] if isinstance(value.get(field), str) else None
-    entry["size"] = value["size"] if isinstance(value.get("size"), int) else None
-    entry["type"] = entry["type"] or "unknown"
-    entry["name"] = entry["name"] or ""
-    entry["manual"] = value.get("manual") is True
-    if isinstance(value.get("strava"), dict):
-        entry["strava"] = value["strava"]
+    entry = clean_fields(value, ENTRY, key, problems)
+    if entry["legs"] and not (2 <= entry["legs"] <= MAX_LEGS and entry["file"]):
+        problems.append(f"{key}.legs")
+        entry["legs"] = 0
+    entry["strava"] = clean_upload(entry["strava"], f"{key}.strava", problems)
+    if entry["strava_legs"] is not None:
+        where = f"{key}.strava_legs"
+        entry["strava_legs"] = [clean_upload(u, where, problems) for u in entry["strava_legs"]]
     return entry
+
+
+def clean_upload(value: dict | None, where: str, problems: list[str]) -> dict | None:
+    """A Strava upload state with the right types, or None when it has no known status."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("status") not in STRAVA_STATUSES:
+        problems.append(where)
+        return None
+    return clean_fields(value, STRAVA_UPLOAD, where, problems)
 
 
 def manifest_text(data: dict) -> Iterator[str]:
@@ -1060,7 +720,9 @@ def manifest_text(data: dict) -> Iterator[str]:
 
 
 def parse_manifest(text: str) -> dict:
-    """The manifest's data from its JSON text; ValueError when it is not a manifest."""
+    """The manifest's data from its JSON text, every field checked here: a field of the wrong
+    type is reset, an entry that cannot be one dropped, each with a warning; ValueError when
+    the text is no manifest at all."""
     data = json.loads(text)
     if not isinstance(data, dict) or not isinstance(data.get("activities"), dict):
         raise ValueError("not a garminsync manifest")
@@ -1068,18 +730,21 @@ def parse_manifest(text: str) -> dict:
     if isinstance(version, int) and version > MANIFEST_VERSION:
         why = f"the manifest was written by a newer garminsync (version {version})"
         raise Fatal(EXIT_USAGE, f"{why}; upgrade garminsync.py to use this DEST")
+    if "count_offset" not in data and type(data.get("unusable_listed")) is int:
+        data["count_offset"] = data["unusable_listed"]  # what version 0.1 called it
+    problems: list[str] = []
     activities = {}
     for key, value in data["activities"].items():
-        entry = clean_entry(str(key), value)
+        entry = clean_entry(str(key), value, problems)
         if entry is None:
             emit("warning", f"manifest entry {str(key)[:40]!r} is malformed; dropped it")
         else:
             activities[key] = entry
     manifest = {"version": MANIFEST_VERSION, "activities": activities}
-    for key, kind in (("last_run", dict), ("last_full_listing", str), ("strava_since", str)):
-        manifest[key] = data[key] if isinstance(data.get(key), kind) else None
-    unusable = data.get("unusable_listed")
-    manifest["unusable_listed"] = unusable if type(unusable) is int and unusable >= 0 else 0
+    manifest.update(clean_fields(data, MANIFEST_FIELDS, "manifest", problems))
+    if problems:
+        shown = ", ".join(p[:60] for p in problems[:5]) + (", ..." if len(problems) > 5 else "")
+        emit("warning", f"manifest fields of the wrong type were reset: {shown}")
     return manifest
 
 
@@ -1090,13 +755,8 @@ class ManifestStore:
         self.dest = dest
         self.path = dest / MANIFEST_NAME
         self.writable = writable
-        self.data: dict = {
-            "version": MANIFEST_VERSION,
-            "activities": {},
-            "last_run": None,
-            "last_full_listing": None,
-            "unusable_listed": 0,
-        }
+        self.data: dict = {"version": MANIFEST_VERSION, "activities": {}}
+        self.data.update({field: default for field, (_, default) in MANIFEST_FIELDS.items()})
         self.changes = 0
         self.flushed_at = time.monotonic()
 
@@ -1134,27 +794,32 @@ class ManifestStore:
     def adopt_files_on_disk(self) -> None:
         """Files are the truth: adopt unknown ones, and forget files that vanished."""
         on_disk = files_on_disk(self.dest)
-        for activity_id, (name, start) in on_disk.items():
+        for activity_id, (name, start, legs) in on_disk.items():
             entry = self.activities.get(str(activity_id))
             if entry is None:
                 entry = new_entry({"id": activity_id, "start_local": start})
                 self.activities[str(activity_id)] = entry
-            if (entry["status"], entry["file"]) != ("downloaded", name):
-                size = (self.dest / name).stat().st_size
-                entry.update(status="downloaded", file=name, size=size, error=None)
+            if (entry["status"], entry["file"], entry["legs"]) != ("downloaded", name, legs):
+                entry.update(status="downloaded", file=name, legs=legs, error=None, failures=0)
+                entry["size"] = sum((self.dest / n).stat().st_size for n in activity_files(entry))
+                entry["first_failure"] = None
                 self.changes += 1
         for key, entry in self.activities.items():
             if entry["status"] == "downloaded" and int(key) not in on_disk:
-                entry.update(
-                    status="pending", file=None, size=None, error="the file vanished from DEST"
-                )
+                entry.update(status="pending", file=None, legs=0, size=None)
+                entry["error"] = "the file vanished from DEST"
                 self.changes += 1
 
+    def is_listed_leg(self, entry: dict) -> bool:
+        """A multisport leg Garmin lists on its own, whose parent's download saves it."""
+        return entry["parent"] is not None and str(entry["parent"]) in self.activities
+
     def status_counts(self) -> dict[str, int]:
-        """How many activities have each status."""
+        """How many activities have each status (a multisport activity counts once)."""
         counts = dict.fromkeys(STATUSES, 0)
         for entry in self.activities.values():
-            counts[entry["status"]] += 1
+            if not self.is_listed_leg(entry):
+                counts[entry["status"]] += 1
         return counts
 
     def present_ids(self) -> set[int]:
@@ -1164,10 +829,10 @@ class ManifestStore:
     def merge_listed(self, record: dict) -> int:
         """Merge one listed activity; returns 1 if it was not known to be on Garmin."""
         entry = self.activities.get(str(record["id"]))
-        is_new = entry is None or bool(entry.get("gone_since"))
+        is_new = entry is None or bool(entry["gone_since"])
         if entry is None:
             entry = self.activities[str(record["id"])] = new_entry(record)
-        changed = {k: v for k, v in record.items() if entry.get(k) != v}
+        changed = {k: v for k, v in record.items() if entry[k] != v}
         if changed or is_new:
             entry.update(changed, gone_since=None)
             if record["manual"] and entry["status"] == "pending":
@@ -1210,21 +875,1006 @@ def in_range(entry: dict, settings: Settings) -> bool:
 
 
 def newest_first(store: ManifestStore, settings: Settings, statuses: tuple) -> list[dict]:
-    """The activities with one of these statuses within --since/--until, newest first."""
+    """The activities with one of these statuses within --since/--until, newest first
+    (a multisport leg listed on its own goes with its parent)."""
     chosen = [e for e in store.activities.values() if e["status"] in statuses]
-    chosen = [e for e in chosen if in_range(e, settings)]
+    chosen = [e for e in chosen if in_range(e, settings) and not store.is_listed_leg(e)]
     return sorted(chosen, key=lambda e: (e["start_local"], e["id"]), reverse=True)
 
 
 def pending_activities(store: ManifestStore, settings: Settings) -> list[dict]:
-    """Activities to download this run, newest first: not yet saved, still on Garmin."""
-    todo = newest_first(store, settings, ("pending", "failed"))
-    return [e for e in todo if not e.get("gone_since")][: settings.limit]
+    """Activities to download this run, newest first: not yet saved, still on Garmin, not set
+    aside (unless --retry-failed)."""
+    statuses = ("pending", "failed") + (("set_aside",) if settings.retry_failed else ())
+    todo = newest_first(store, settings, statuses)
+    return [e for e in todo if not e["gone_since"]][: settings.limit]
+
+
+def prepare_dest(dest: Path) -> None:
+    """Create DEST if absent and check it is a writable folder, or exit 2 saying how to fix it."""
+    check_dest_is_a_folder(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Fatal(EXIT_USAGE, f"cannot create {dest}: {err.strerror}; pick another --dest")
+
+
+def check_dest_is_a_folder(dest: Path) -> None:
+    """A DEST that exists must be a folder (exit 2); a missing one is fine."""
+    if dest.exists() and not dest.is_dir():
+        raise Fatal(EXIT_USAGE, f"{dest} is not a folder; pick another --dest")
+
+
+@contextlib.contextmanager
+def dest_lock(dest: Path):
+    """One run per DEST: an advisory flock on DEST/.garminsync.lock, or exit 75. The lock
+    file says since when the run holds it, for --status to show."""
+    path = dest / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        hint = (
+            "it is read-only (under systemd: allow it with `make install DEST=...`)"
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+            else err.strerror
+        )
+        raise Fatal(EXIT_USAGE, f"cannot write in {dest}: {hint}")
+    with os.fdopen(fd, "r+b") as lock:  # closing it releases the lock
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            since = run_in_progress(dest) or "a moment ago"
+            raise Fatal(
+                EXIT_TEMPFAIL,
+                f"another garminsync run holds {path} (since {since}); try again later",
+            )
+        lock.truncate(0)
+        lock.write(iso_now().encode())
+        lock.flush()
+        yield
+
+
+def run_in_progress(dest: Path) -> str | None:
+    """When a run holds DEST's lock: since when (ISO UTC time), else None."""
+    try:
+        with open(dest / LOCK_NAME, "rb") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                since = lock.read(40).decode("ascii", "replace").strip()
+                return since if re.fullmatch(r"[0-9T:Z-]{20}", since) else "an unknown time"
+    except OSError:
+        pass
+    return None
+
+
+def local_write_error(err: OSError, dest: Path) -> Fatal:
+    """A one-line, actionable error for a failed write in DEST (or the folder the error
+    names: refreshed tokens are saved beside a request too)."""
+    dest = Path(err.filename).parent if isinstance(err.filename, str) else dest
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = f"cannot write in {dest}: {err.strerror} (disk full or file size limit)"
+        return Fatal(EXIT_PARTIAL, f"{why}; free some space, the next run goes on")
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return Fatal(EXIT_USAGE, f"cannot write in {dest}: {err.strerror}; make it writable")
+    return Fatal(EXIT_PARTIAL, f"cannot write in {dest}: {err.strerror or err}")
 
 
 # ---------------------------------------------------------------------------------------
-# Strava (optional): upload downloaded originals once each, with OAuth tokens kept beside
-# the Garmin session, Strava's rate limits read from every answer, duplicates not retried.
+# Garmin session: the saved tokens, the one narrow seam to the client library (garminconnect,
+# or a saved garth session), and the path of every request: pacing, one attempt, what its
+# answer means, the retry policy, and saving tokens the library refreshed.
+
+
+def read_saved_tokens() -> tuple[str | None, str]:
+    """The saved session's JSON text, or None and why there is no usable one."""
+    path = token_file()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None, "no saved Garmin session"
+    if st.st_mode & 0o077:
+        emit("warning", f"{path} was readable by group or others; tightened it to 0600")
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError) as err:
+        return None, f"the saved session {path} is unreadable ({err.__class__.__name__})"
+    if not isinstance(data, dict) or not isinstance(data.get("di_token"), str):
+        return None, f"the saved session {path} holds no token"
+    add_secret(data["di_token"])
+    add_secret(data.get("di_refresh_token"))
+    return text, ""
+
+
+def save_tokens(text: str) -> None:
+    """Store the Garmin session atomically."""
+    save_in_token_store(token_file(), text)
+
+
+def save_in_token_store(path: Path, text: str) -> None:
+    """Write a secret file atomically: directory 0700, file 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path.parent, 0o700)
+    atomic_write(path, text.encode("utf-8"), mode=0o600)
+
+
+def session_saved() -> bool:
+    """Whether a saved session with a token is there (for --status; never contacts Garmin)."""
+    try:
+        data = json.loads(token_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("di_token"), str)
+
+
+@dataclasses.dataclass
+class Seam:
+    """The client library behind one interface: connectapi(path, ...) and download(path, ...).
+
+    A failed request's HTTP answer is on the exception (garminconnect 0.3.3+: .response;
+    garth: .error.response), else caught by a requests response hook (garminconnect 0.3.2)."""
+
+    client: Any
+    extra_kwargs: dict  # passed with every request (garminconnect: the timeout)
+    dump_tokens: Callable[[], str | None]
+    persist: Callable[[str], None]
+    takes_hooks: bool = False  # whether requests' response hooks reach the HTTP layer
+
+
+def garth_seam(home: str, timeout: float) -> Seam | None:
+    """A saved garth (or garth-ng) session from $GARTH_HOME, when garth is importable."""
+    try:
+        import garth  # noqa: PLC0415 (optional, and lazy so offline runs stay light)
+    except ImportError:
+        emit("debug", "GARTH_HOME is set but garth is not installed; using garminconnect")
+        return None
+    try:
+        garth.resume(home)
+    except Exception as err:
+        raise Fatal(EXIT_AUTH, f"cannot resume the garth session in {home} ({err}); {LOGIN_HINT}")
+    client = garth.client
+    with contextlib.suppress(Exception):  # garminsync paces and retries; garth must not
+        client.configure(timeout=int(timeout), retries=0)
+
+    def dump() -> str:
+        """The session as {file name: content}, the way garth saves it in $GARTH_HOME
+        (garth keeps an OAuth1 and an OAuth2 token, garth-ng only the OAuth2 one)."""
+        tokens = {name: getattr(client, name, None) for name in ("oauth1_token", "oauth2_token")}
+        return json.dumps(
+            {f"{name}.json": dataclasses.asdict(t) for name, t in tokens.items() if t},
+            sort_keys=True,
+        )
+
+    def persist(text: str) -> None:
+        for name, value in json.loads(text).items():
+            atomic_write(Path(home).expanduser() / name, json.dumps(value).encode(), 0o600)
+
+    add_token_secrets(dump())
+    return Seam(client, {}, dump, persist)
+
+
+def garminconnect_client() -> Any:
+    """A new garminconnect Client, or exit 2 saying how to install the library."""
+    try:
+        from garminconnect.client import Client  # noqa: PLC0415 (lazy: offline runs skip it)
+    except ModuleNotFoundError:
+        raise Fatal(
+            EXIT_USAGE,
+            "the garminconnect library is not installed: run "
+            "`pip install 'garminconnect>=0.3.2,<0.4'` (in a venv), or `uv run garminsync.py`",
+        ) from None
+    return Client()
+
+
+def keep_one_connection(client: Any) -> None:
+    """One kept-alive HTTPS connection for the whole run spares Garmin a TLS handshake per
+    activity. garminconnect 0.3.3+ keeps one (_api_session); 0.3.2 opens one per request
+    through _fresh_api_session, which is pinned here only while that private method exists."""
+    fresh = getattr(client, "_fresh_api_session", None)
+    if callable(fresh) and not hasattr(client, "_api_session"):
+        session = fresh()
+        client._fresh_api_session = lambda: session
+
+
+def garminconnect_seam(tokens: str, timeout: float) -> Seam:
+    """garminconnect 0.3's own client, loaded from the saved token text (no login call)."""
+    client = garminconnect_client()
+    try:
+        client.loads(tokens)
+    except Exception:
+        raise Fatal(EXIT_AUTH, f"the saved session in {token_file()} is unusable; {LOGIN_HINT}")
+    keep_one_connection(client)
+    extra = {"timeout": (10, min(30.0, timeout))}
+    return Seam(client, extra, client.dumps, save_tokens, takes_hooks=True)
+
+
+def open_seam(settings: Settings) -> Seam:
+    """The client for this run: a saved garth session, else the saved garminconnect session,
+    else a non-interactive login with stored credentials; exit 3 when none of that works."""
+    if os.environ.get("GARTH_HOME"):
+        seam = garth_seam(os.environ["GARTH_HOME"], settings.timeout)
+        if seam:
+            return seam
+    tokens, problem = read_saved_tokens()
+    if tokens is None:
+        tokens = login(interactive=False, problem=problem)
+    return garminconnect_seam(tokens, settings.timeout)
+
+
+def ask(prompt: str, secret: bool = False) -> str:
+    """One answer typed at the terminal; the end of input stops the run with exit 3."""
+    import getpass  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    try:
+        with warnings.catch_warnings():  # getpass warns at length when stdin is no terminal
+            warnings.simplefilter("ignore")
+            answer = getpass.getpass(prompt) if secret else input(prompt)
+    except (EOFError, RuntimeError):
+        print(file=sys.stderr)
+        raise Fatal(EXIT_AUTH, "the input ended before the answer; run --login at a terminal")
+    return answer.strip()
+
+
+def login(interactive: bool, problem: str = "") -> str:
+    """Log in with garminconnect, save the session and return its token text."""
+    email_addr, password = find_credentials(("garmin_email", "garmin_password"), NETRC_MACHINES)
+    if interactive:
+        email_addr = email_addr or ask("Garmin Connect email: ")
+        if not email_addr:
+            raise Fatal(EXIT_AUTH, "no email given; run --login again and type it")
+        password = password or ask("Garmin Connect password: ", secret=True)
+        add_secret(password)
+    if not (email_addr and password):
+        if interactive:
+            raise Fatal(EXIT_AUTH, "no password given; run --login again and type it")
+        raise Fatal(EXIT_AUTH, f"{problem} and no credentials; {LOGIN_HINT}")
+    client = garminconnect_client()
+    from garminconnect.exceptions import (  # noqa: PLC0415
+        GarminConnectAuthenticationError,
+        GarminConnectTooManyRequestsError,
+    )
+
+    # Without a prompt, garminconnect raises an authentication error that names MFA.
+    ask_mfa = (lambda: ask("MFA code: ")) if interactive else None
+    emit("info", f"logging in to Garmin Connect as {email_addr}")
+    try:
+        client.login(email_addr, password, prompt_mfa=ask_mfa)
+    except GarminConnectAuthenticationError as err:
+        if "MFA" in str(err):
+            raise Fatal(EXIT_AUTH, f"Garmin asks for a one-time code (MFA); {LOGIN_HINT}")
+        raise Fatal(EXIT_AUTH, f"Garmin refused the login ({err}); check the email and password")
+    except GarminConnectTooManyRequestsError:
+        raise Fatal(EXIT_TEMPFAIL, "Garmin is rate limiting logins; try again in an hour")
+    except Exception as err:
+        why = describe_failure(err, None)  # the library's reason can run to 500 characters
+        raise Fatal(EXIT_TEMPFAIL, f"login failed, Garmin Connect unreachable? ({why}); try later")
+    tokens = client.dumps()
+    for value in json.loads(tokens).values():
+        add_secret(value)
+    save_tokens(tokens)
+    emit("info", f"session saved in {token_file()}")
+    return tokens
+
+
+class RequestFailed(Exception):
+    """A Garmin request that failed after its retries (the message says why)."""
+
+
+class NotFound(RequestFailed):
+    """HTTP 404."""
+
+
+class Deadline(BaseException):
+    """A request took longer than its total time budget (a BaseException, so no library's
+    `except Exception` swallows it, say in the middle of a token refresh)."""
+
+
+RETRIES = 3  # tries of a request that failed for a passing reason (5xx, timeout, reset)
+MAX_RETRY_AFTER_TOTAL = 300.0  # seconds a run will wait on 429s before stopping with exit 75
+
+
+def on_deadline(_signum: int, _frame: Any) -> None:
+    raise Deadline()
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float):
+    """Bound a whole request (a trickling body too), not only each socket read."""
+    previous = signal.signal(signal.SIGALRM, on_deadline)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (delta or HTTP date), or None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    import email.utils  # noqa: PLC0415 (only a 429 needs it; it costs every start 12 ms)
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """Text on one line, at most about `limit` characters, cut at a word boundary."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(") + " ..."
+
+
+def describe_failure(err: BaseException, status: int | None) -> str:
+    """A short reason for a failed request, without the library's traceback."""
+    if isinstance(err, Deadline):
+        return "timed out"
+    if status is not None and status >= 400:
+        return f"HTTP {status}"
+    if isinstance(err, ValueError) and "JSON" in err.__class__.__name__ + str(err):
+        return "the answer is not JSON"
+    text = str(err).split("\n")[0]
+    name = err.__class__.__name__
+    return f"{name}: {shorten(text)}" if text else name
+
+
+def http_answer_of(err: BaseException) -> Any:
+    """The HTTP answer a library's error carries: garminconnect 0.3.3+ sets .response,
+    garth keeps it in .error.response; None when there is none."""
+    for holder in (err, getattr(err, "error", None)):
+        answer = getattr(holder, "response", None)
+        if isinstance(getattr(answer, "status_code", None), int):
+            return answer
+    return None
+
+
+def failure_kind(status: int | None, download: bool) -> str:
+    """What a failed request's HTTP status means: 'rate_limited' (wait as asked, then again),
+    'session_refused' (exit 3), 'not_found', 'refused' (this request alone, no retry: Garmin
+    will not export one activity, say), or 'passing' (5xx, timeouts, resets: retried)."""
+    if status == 429:
+        return "rate_limited"
+    if status == 401 or (status == 403 and not download):
+        return "session_refused"
+    if status == 404:
+        return "not_found"
+    if status is not None and 400 <= status < 500:
+        return "refused"
+    return "passing"
+
+
+@dataclasses.dataclass
+class Attempt:
+    """How one try of a request went: its result, or the error and the HTTP answer."""
+
+    result: Any = None
+    error: BaseException | None = None
+    answer: Any = None
+
+    @property
+    def status(self) -> int | None:
+        return getattr(self.answer, "status_code", None)
+
+
+class GarminAPI:
+    """GET requests to Garmin Connect through the seam, paced, time-bounded and retried."""
+
+    def __init__(self, seam: Seam, settings: Settings) -> None:
+        self.seam = seam
+        self.delay = settings.delay
+        self.timeout = settings.timeout
+        self.last_request = 0.0
+        self.waited_on_429 = 0.0
+        self.requests = 0
+        self.reached = False  # whether Garmin answered anything at all this run
+        self.saved_tokens = seam.dump_tokens()
+
+    def get_json(self, path: str, params: dict | None = None) -> Any:
+        return self._call(self.seam.client.connectapi, path, download=False, params=params)
+
+    def get_bytes(self, path: str) -> bytes:
+        return self._call(self.seam.client.download, path, download=True)
+
+    def _call(self, fn: Callable, path: str, download: bool, **kwargs: Any) -> Any:
+        """The retry policy: 429s waited out, passing failures tried RETRIES times with a
+        growing pause, a refused session stops the run, anything else fails this request."""
+        failures = 0
+        while True:
+            self._pace()
+            try:
+                attempt = self._attempt(fn, path, **kwargs)
+            except BaseException:  # stopped by a signal mid-request: keep refreshed tokens
+                with contextlib.suppress(OSError):
+                    self._save_refreshed_tokens()
+                raise
+            self._save_refreshed_tokens()
+            if attempt.error is None:
+                return attempt.result
+            kind, status = failure_kind(attempt.status, download), attempt.status
+            if kind == "rate_limited":
+                self._wait_for_rate_limit(attempt.answer)
+                continue
+            if kind == "session_refused":
+                raise Fatal(
+                    EXIT_AUTH, f"Garmin refused the saved session (HTTP {status}); {LOGIN_HINT}"
+                )
+            reason = describe_failure(attempt.error, status)
+            if kind == "not_found":
+                raise NotFound(reason) from attempt.error
+            if kind == "refused":
+                raise RequestFailed(f"Garmin refused it ({reason})") from attempt.error
+            failures += 1
+            if failures >= RETRIES:
+                raise RequestFailed(reason) from attempt.error
+            backoff = max(self.delay, 0.5) * 2 ** (failures - 1)
+            emit("debug", f"{path}: {reason}; retry in {backoff:g}s")
+            time.sleep(backoff)
+
+    def _pace(self) -> None:
+        """Keep the fixed delay between the end of one request and the start of the next."""
+        time.sleep(max(0.0, self.last_request + self.delay - time.monotonic()))
+
+    def _attempt(self, fn: Callable, path: str, **kwargs: Any) -> Attempt:
+        """Send the request once within its time budget; a failure is returned, not raised."""
+        answers: list = []
+        extra = dict(self.seam.extra_kwargs)
+        if self.seam.takes_hooks:  # keeps every HTTP answer, the 401 before a refresh too
+            extra["hooks"] = {"response": lambda r, *_, seen=answers, **__: seen.append(r)}
+        self.requests += 1
+        emit("debug", f"GET {path} {kwargs.get('params') or ''}".rstrip())
+        try:
+            with time_budget(self.timeout):
+                result = fn(path, **extra, **kwargs)
+        except (Exception, Deadline) as err:
+            answer = http_answer_of(err)
+            if answer is None and answers:
+                answer = answers[-1]
+            self.reached = self.reached or answer is not None
+            return Attempt(error=err, answer=answer)
+        finally:
+            self.last_request = time.monotonic()
+        self.reached = True
+        return Attempt(result=result)
+
+    def _wait_for_rate_limit(self, answer: Any) -> None:
+        """Honour Retry-After within the run's budget; beyond it, stop with exit 75."""
+        wait = retry_after_seconds(answer.headers.get("Retry-After"))
+        wait = 60.0 if wait is None else wait
+        if self.waited_on_429 + wait > MAX_RETRY_AFTER_TOTAL:
+            why = f"Garmin is rate limiting (HTTP 429, Retry-After {wait:.0f}s)"
+            raise Fatal(EXIT_TEMPFAIL, f"{why}; everything so far is saved, the next run goes on")
+        emit("warning", f"Garmin is rate limiting (HTTP 429); waiting {wait:.0f}s as asked")
+        self.waited_on_429 += max(wait, 10.0)  # a Retry-After of 0, again and again, ends too
+        time.sleep(wait)
+
+    def _save_refreshed_tokens(self) -> None:
+        """When the library refreshed the tokens, save them at once (atomically, 0600)."""
+        current = self.seam.dump_tokens()
+        if current and current != self.saved_tokens:
+            add_token_secrets(current)
+            self.seam.persist(current)
+            self.saved_tokens = current
+            emit("debug", "tokens refreshed and saved")
+
+
+# ---------------------------------------------------------------------------------------
+# Listing: turning Garmin's activity list into plain records, and deciding what is new
+# with as few requests as possible (one, when nothing changed).
+
+LIST_PATH = "/activitylist-service/activities/search/activities"
+COUNT_PATH = "/activitylist-service/activities/count"
+FIRST_PAGE = 100  # an incremental run's first page: new activities are almost always here
+PAGE = 1000  # the most the list endpoint returns per request
+FULL_LISTING_EVERY = dt.timedelta(days=7)
+
+
+class ListingFailed(Exception):
+    """Garmin's activity list could not be read (the message says why)."""
+
+
+def parse_start(value: Any) -> dt.datetime | None:
+    """Garmin's 'YYYY-MM-DD HH:MM:SS' (or ISO 8601) start time, or None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip().replace("T", " ")[:19])
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=None, microsecond=0)
+
+
+def activity_record(raw: Any) -> dict | None:
+    """The manifest's view of one listed activity, or None when it lacks an id or start."""
+    if not isinstance(raw, dict):
+        return None
+    activity_id = listed_id(raw.get("activityId"))
+    start = parse_start(raw.get("startTimeLocal")) or parse_start(raw.get("startTimeGMT"))
+    if start is None and isinstance(raw.get("beginTimestamp"), (int, float)):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            start = dt.datetime.fromtimestamp(raw["beginTimestamp"] / 1000, dt.timezone.utc)
+            start = start.replace(tzinfo=None)
+    if activity_id is None or start is None or start.year < 1970:
+        return None
+    gmt = parse_start(raw.get("startTimeGMT"))
+    kind = raw.get("activityType")
+    type_key = kind.get("typeKey") if isinstance(kind, dict) else None
+    name = raw.get("activityName")
+    return {
+        "id": activity_id,
+        "start_local": start.strftime(TIME_FORMAT),
+        "start_gmt": gmt.strftime(TIME_FORMAT) if gmt else None,
+        "type": valid_text(type_key) if isinstance(type_key, str) and type_key else "unknown",
+        "name": valid_text(name) if isinstance(name, str) else "",
+        "manual": raw.get("manualActivity") is True,
+        "parent": listed_id(raw.get("parentId")),
+    }
+
+
+def listed_id(value: Any) -> int | None:
+    """An activity id as Garmin lists it (a number, or plain ASCII digits), or None."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        value = int(value.strip())
+    if type(value) is not int or not 0 < value <= MAX_ACTIVITY_ID:
+        return None  # its file name could not be read back
+    return value
+
+
+def list_page(api: GarminAPI, start: int, limit: int, settings: Settings) -> tuple[list, int]:
+    """One page of the newest-first list: the usable records, and how many items it held."""
+    params: dict[str, Any] = {"start": start, "limit": limit}
+    if settings.since:
+        params["startDate"] = settings.since.isoformat()
+    if settings.until:
+        params["endDate"] = settings.until.isoformat()
+    try:
+        answer = api.get_json(LIST_PATH, params=params)
+    except RequestFailed as err:
+        raise ListingFailed(f"the activity list failed: {err}") from err
+    if not isinstance(answer, list):
+        raise ListingFailed(f"the activity list answered with {type(answer).__name__}, not a list")
+    records = [record for record in map(activity_record, answer) if record is not None]
+    if skipped := len(answer) - len(records):
+        emit("warning", f"skipped {skipped} listed activities without a usable id or start time")
+    return records, len(answer)
+
+
+def fetch_count(api: GarminAPI) -> int:
+    """How many activities the account has, per Garmin (one small request)."""
+    try:
+        answer = api.get_json(COUNT_PATH)
+    except RequestFailed as err:
+        raise ListingFailed(f"the activity count failed: {err}") from err
+    total = answer.get("totalCount") if isinstance(answer, dict) else None
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ListingFailed("the activity count answer holds no totalCount")
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class ListingPlan:
+    """What a run reads of Garmin's list: nothing, the newest part until `new` unknown
+    activities turned up, or all of it."""
+
+    read: str  # "nothing" | "newest" | "all"
+    new: int = 0
+
+
+def listing_plan(count: int, expected: int, last_full: str | None, full_due: str) -> ListingPlan:
+    """The no-op rule. `expected` is what Garmin's count should be if nothing changed: the
+    known activities plus the difference between count and list learned last time. A count
+    that fell (deletions), no full listing yet or none since `full_due`: read it all."""
+    if last_full is None or last_full < full_due or count < expected:
+        return ListingPlan("all")
+    if count == expected:
+        return ListingPlan("nothing")
+    return ListingPlan("newest", count - expected)
+
+
+@dataclasses.dataclass
+class Walk:
+    """What one walk down the newest-first list found."""
+
+    new: int = 0  # activities not known to be on Garmin before
+    seen: set[int] = dataclasses.field(default_factory=set)
+    deleted: set[int] = dataclasses.field(default_factory=set)  # known, passed, not seen
+    complete: bool = False  # the whole list was read
+    found_all: bool = False  # as many new activities turned up as the plan looked for
+
+
+def walk_list(api: GarminAPI, store: ManifestStore, settings: Settings, plan: ListingPlan) -> Walk:
+    """Page through the newest-first list, merging each record into the manifest. Reading
+    the newest part stops once `plan.new` unknown activities turned up, plus one for every
+    known activity the walk passed without seeing: it was deleted, and the count is net."""
+    walk = Walk()
+    known = sorted(
+        ((e["start_local"], e["id"]) for e in store.activities.values() if not e["gone_since"]),
+        reverse=True,
+    )
+    passed, start = 0, 0
+    limit = FIRST_PAGE if plan.read == "newest" else PAGE
+    while True:
+        records, held = list_page(api, start, limit, settings)
+        before = len(walk.seen)
+        for record in records:
+            walk.seen.add(record["id"])
+            walk.new += store.merge_listed(record)
+        if records:
+            oldest = min(record["start_local"] for record in records)
+            while passed < len(known) and known[passed][0] > oldest:
+                passed += 1
+            walk.deleted = {i for _, i in known[:passed] if i not in walk.seen}
+        if held < limit:
+            walk.complete = walk.found_all = True
+            return walk
+        if plan.read == "newest" and walk.new >= plan.new + len(walk.deleted):
+            walk.found_all = True
+            return walk
+        if len(walk.seen) == before:
+            emit("warning", "Garmin's list repeats itself; stopping the listing here")
+            return walk
+        start, limit = start + held, PAGE
+
+
+def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> int:
+    """Bring the manifest up to date with Garmin's list; return how many activities are new.
+    docs/design.md tells the rule; listing_plan decides how much of the list to read."""
+    if settings.since or settings.until:  # a date range: read it whole, learn nothing more
+        return walk_list(api, store, settings, ListingPlan("all")).new
+    count = fetch_count(api)
+    present = store.present_ids()
+    expected = len(present) + store.data["count_offset"]
+    full_due = iso_now(-FULL_LISTING_EVERY)
+    plan = listing_plan(count, expected, store.data["last_full_listing"], full_due)
+    emit("debug", f"Garmin counts {count} activities, {expected} expected: reading {plan.read}")
+    if plan.read == "nothing":
+        return 0
+    walk = walk_list(api, store, settings, plan)
+    if walk.complete and count - len(walk.seen) != store.data["count_offset"]:
+        # A new difference between count and list: standing (a second count, one small
+        # request, says the same), or the list moved while it was read (then read it again).
+        again = fetch_count(api)
+        if again != count:
+            emit("debug", f"Garmin's count went from {count} to {again}; reading the list again")
+            second = walk_list(api, store, settings, ListingPlan("all"))
+            walk = dataclasses.replace(
+                second, new=walk.new + second.new, seen=walk.seen | second.seen
+            )
+            count = again
+    if walk.complete:
+        store.mark_gone(present - walk.seen)
+        store.data["last_full_listing"] = iso_now()
+    elif walk.found_all:
+        store.mark_gone(walk.deleted)
+    if walk.found_all:
+        store.data["count_offset"] = count - len(store.present_ids())
+        store.changes += 1
+    return walk.new
+
+
+# ---------------------------------------------------------------------------------------
+# Download: one activity's zip from Garmin to its file (or one file per leg of a multisport
+# original) in DEST, checked (members, size, CRC, content) before it is renamed into place.
+
+DOWNLOAD_PATH = "/download-service/files/activity/{id}"
+MANUAL = "manual entry: Garmin keeps no file"
+MAX_ORIGINAL_BYTES = 64 * 1024 * 1024  # the largest original (after unzipping) we accept
+
+
+class BadArchive(Exception):
+    """The download is not a zip holding one plausible activity file."""
+
+
+def pick_originals(archive: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, str]]:
+    """The activity files in Garmin's zip, in its order, with their extensions: one, or one
+    per leg of a multisport activity. A member's name is never used as a path."""
+    found = []
+    for info in archive.infolist():
+        ext = info.filename.rsplit(".", 1)[-1].lower() if "." in info.filename else ""
+        if not info.is_dir() and ext in ORIGINAL_EXTENSIONS:
+            found.append((info, ext))
+    if not found:
+        raise BadArchive("the zip holds no .fit, .gpx or .tcx file")
+    if len(found) > MAX_LEGS:
+        raise BadArchive(f"the zip holds {len(found)} activity files, more than {MAX_LEGS} legs")
+    for info, _ in found:
+        if info.file_size > MAX_ORIGINAL_BYTES:
+            raise BadArchive(f"a file in the zip is {info.file_size} bytes, over the size cap")
+    return found
+
+
+def plausible_content(ext: str, head: bytes) -> bool:
+    """A FIT file carries '.FIT' at bytes 8-11; GPX and TCX are XML."""
+    if ext == "fit":
+        return len(head) >= 12 and head[8:12] == b".FIT"
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")
+
+
+def save_original(dest: Path, record: dict, data: bytes) -> tuple[str, int, int]:
+    """Unzip the original into DEST, every file atomically and none unless all are good;
+    returns (the name of its file, or of leg 1; total size; number of legs, 0 for one file)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as err:
+        kind = "an empty answer" if not data else f"not a zip ({len(data)} bytes)"
+        raise BadArchive(f"Garmin sent {kind}") from err
+    with archive, contextlib.ExitStack() as renames:
+        members = pick_originals(archive)
+        legs = len(members) if len(members) > 1 else 0
+        names, size = [], 0
+        for leg, (info, ext) in enumerate(members, 1):
+            names.append(activity_filename(record, ext, leg if legs else 0, legs))
+            out = renames.enter_context(atomic_file(dest / names[-1]))  # renamed at the end
+            size += copy_member(archive, info, ext, out)
+    return names[0], size, legs
+
+
+def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ext: str, out: IO[bytes]) -> int:
+    """Copy one member into an open file, checking its content, size cap and CRC."""
+    try:
+        with archive.open(info) as member:
+            head = member.read(64)
+            if not plausible_content(ext, head):
+                raise BadArchive(f"the .{ext} file in the zip is not a {ext.upper()} file")
+            out.write(head)
+            size = len(head)
+            while chunk := member.read(1024 * 1024):  # the CRC is checked at the end
+                size += len(chunk)
+                if size > MAX_ORIGINAL_BYTES:
+                    raise BadArchive("the file in the zip unpacks past the size cap")
+                out.write(chunk)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise BadArchive(f"the zip is damaged ({err})") from err
+    except (RuntimeError, NotImplementedError, ValueError) as err:  # encrypted, deflate64...
+        raise BadArchive(f"the zip cannot be unpacked ({str(err)[:80]})") from err
+    return size
+
+
+def fetch_original(api: GarminAPI, dest: Path, record: dict) -> dict:
+    """Download one activity; returns the manifest fields describing the outcome."""
+    if record["manual"]:
+        return {"status": "no_file", "error": MANUAL}
+    try:
+        data = api.get_bytes(DOWNLOAD_PATH.format(id=int(record["id"])))
+    except NotFound:
+        return {"status": "no_file", "error": "Garmin has no original file (HTTP 404)"}
+    except RequestFailed as err:
+        return {"status": "failed", "error": str(err)}
+    try:
+        name, size, legs = save_original(dest, record, data)
+    except BadArchive as err:
+        return {"status": "failed", "error": str(err)}
+    return {
+        "status": "downloaded",
+        "file": name,
+        "legs": legs,
+        "size": size,
+        "downloaded_at": iso_now(),
+        "error": None,
+        "failures": 0,
+        "first_failure": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The sync run: lock DEST, load the manifest, the Garmin step (discover, then download),
+# the Strava step, and what a run records and says at the end.
+
+SET_ASIDE_AFTER_RUNS = 5  # an activity that failed on this many runs in a row ...
+SET_ASIDE_AFTER_DAYS = dt.timedelta(days=2)  # ... the first at least this long ago, is set aside
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What --status shows of the last run."""
+
+    started_at: str = dataclasses.field(default_factory=iso_now)
+    began: float = dataclasses.field(default_factory=time.monotonic)
+    result: str = "ok"
+    exit_code: int = EXIT_OK
+    error: str | None = None
+    new: int = 0
+    downloaded: int = 0
+    no_file: int = 0
+    failed: int = 0
+    set_aside: int = 0
+    requests: int = 0
+
+    def as_json(self) -> dict:
+        fields = dataclasses.asdict(self)
+        del fields["began"]
+        fields["finished_at"] = iso_now()
+        fields["duration_s"] = round(time.monotonic() - self.began, 1)
+        return fields
+
+
+def cmd_sync(settings: Settings) -> int:
+    """--missing, --strava-only, --list and --status: lock DEST unless only reading it, run
+    the steps unless offline, then show the list, the status or the closing line."""
+    check_dest_is_a_folder(settings.dest)
+    offline = settings.offline
+    if settings.action in ("list", "status") and not offline and run_in_progress(settings.dest):
+        emit("notice", "a sync is running on this DEST: showing the manifest as it last saved it")
+        offline = True
+    reading = offline or (settings.dry_run and not settings.dest.is_dir())
+    if not reading:
+        prepare_dest(settings.dest)
+    elif not settings.dest.exists():
+        emit("warning", f"{settings.dest} does not exist (yet): nothing has been saved there")
+    with contextlib.nullcontext() if reading else dest_lock(settings.dest):
+        store = ManifestStore(settings.dest, writable=not (settings.dry_run or offline))
+        if store.writable:
+            remove_stale_temp_files(settings.dest)
+        store.load()
+        store.adopt_files_on_disk()
+        summary = RunSummary()
+        code = EXIT_OK if offline else run_steps(settings, store, summary)
+    if settings.action == "list":
+        show_list(settings, store)
+    elif settings.action == "status":
+        show_status(settings, store)
+    elif settings.action == "missing" and code in (EXIT_OK, EXIT_PARTIAL) and store.writable:
+        report(summary, store)
+    return code
+
+
+SEVERITY = [EXIT_OK, EXIT_TEMPFAIL, EXIT_PARTIAL, EXIT_AUTH, EXIT_USAGE]  # mildest first
+
+
+def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
+    """The Garmin step, then the Strava step (a failure of one does not stop the other);
+    the manifest and the run's summary are saved whatever happens."""
+    try:
+        summary.exit_code = run_each_step(settings, store, summary)
+        if summary.exit_code:
+            summary.result = "failed" if summary.exit_code != EXIT_TEMPFAIL else "stopped"
+    except Interrupted as stop:
+        summary.result, summary.error = "interrupted", signal.Signals(stop.signum).name
+        summary.exit_code = EXIT_SIGNAL_BASE + stop.signum
+        raise
+    except Exception as err:
+        summary.result, summary.error = "failed", f"unexpected {err.__class__.__name__}"
+        summary.exit_code = EXIT_PARTIAL
+        raise
+    finally:
+        save_run(settings, store, summary)
+    return summary.exit_code
+
+
+def run_each_step(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
+    """Run the steps this action asks for; returns the most severe of their exit codes."""
+    steps = [] if settings.action == "strava-only" else [garmin_step]
+    steps += [strava_step] if settings.strava else []
+    codes = [EXIT_OK]
+    for step in steps:
+        try:
+            codes.append(step(settings, store, summary))
+        except (Fatal, OSError) as err:
+            failure = err if isinstance(err, Fatal) else local_write_error(err, settings.dest)
+            emit(fatal_level(failure), str(failure))
+            summary.error = redact(str(failure))
+            codes.append(failure.code)
+            if isinstance(err, OSError):
+                break  # DEST cannot be written: the next step could not record anything
+    return max(codes, key=SEVERITY.index)
+
+
+def save_run(settings: Settings, store: ManifestStore, summary: RunSummary) -> None:
+    """Record the run in the manifest and write it; the files are safe if that fails."""
+    if settings.action in ("missing", "strava-only") and store.writable:
+        store.data["last_run"] = summary.as_json()
+    try:
+        store.flush(force=True)
+    except OSError as err:
+        emit("error", f"could not save the manifest: {err.strerror}; the files are safe")
+
+
+def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
+    """Discover new activities, then download what is pending; returns the exit code."""
+    api = GarminAPI(open_seam(settings), settings)
+    try:
+        try:
+            summary.new = discover(api, store, settings)
+        except ListingFailed as err:
+            if not api.reached:
+                why = f"Garmin Connect is unreachable ({err})"
+                raise Fatal(EXIT_TEMPFAIL, f"{why}; the next run tries again") from err
+            emit("error", f"{err}; downloading only what was already known")
+            summary.error = str(err)
+        store.flush()
+        if settings.action == "missing":
+            download_pending(api, store, settings, summary)
+    finally:
+        summary.requests = api.requests
+    if summary.failed and not api.reached:
+        raise Fatal(EXIT_TEMPFAIL, "Garmin Connect is unreachable; the next run tries again")
+    return EXIT_PARTIAL if summary.failed or summary.error else EXIT_OK
+
+
+def download_pending(
+    api: GarminAPI, store: ManifestStore, settings: Settings, summary: RunSummary
+) -> None:
+    """Download every pending activity (newest first), recording each outcome."""
+    todo = pending_activities(store, settings)
+    if settings.dry_run:
+        for entry in todo:
+            print(f"would download {describe(entry)}")
+        emit("info", f"{len(todo)} activities would be downloaded")
+        return
+    for number, entry in enumerate(todo, 1):
+        progress(f"[{number}/{len(todo)}] activity {describe(entry)}")
+        try:
+            outcome = fetch_original(api, store.dest, entry)
+        except OSError as err:
+            raise local_write_error(err, store.dest) from err
+        if outcome["status"] == "failed":
+            outcome = counted_failure(entry, outcome)
+        store.record(entry["id"], outcome)
+        status = outcome["status"]
+        summary.downloaded += status == "downloaded"
+        summary.no_file += status == "no_file"
+        summary.failed += status == "failed"
+        summary.set_aside += status == "set_aside"
+        if status == "downloaded":  # on a terminal the progress line already said it
+            legs = f" ({outcome['legs']} legs)" if outcome["legs"] else ""
+            emit("debug" if OUT.progress else "info", f"saved {outcome['file']}{legs}")
+        elif status == "failed":
+            emit(
+                "warning",
+                f"activity {describe(entry)}: {outcome['error']}; the next run tries again",
+            )
+        elif status == "set_aside":
+            emit(
+                "warning",
+                f"activity {describe(entry)}: {outcome['error']}; set aside after "
+                f"{outcome['failures']} failed runs since {outcome['first_failure'][:10]}: "
+                "no longer tried (--retry-failed tries it again)",
+            )
+        else:
+            emit("debug", f"activity {describe(entry)}: {outcome['error']}")
+    clear_progress()
+
+
+def counted_failure(entry: dict, outcome: dict) -> dict:
+    """A failed download, counted: an activity that failed on SET_ASIDE_AFTER_RUNS runs in a
+    row, the first SET_ASIDE_AFTER_DAYS ago or more, is set aside so it stops failing runs."""
+    failures = entry["failures"] + 1
+    first = entry["first_failure"] or iso_now()
+    outcome = {**outcome, "failures": failures, "first_failure": first}
+    if failures >= SET_ASIDE_AFTER_RUNS and first <= iso_now(-SET_ASIDE_AFTER_DAYS):
+        outcome["status"] = "set_aside"
+    return outcome
+
+
+def report(summary: RunSummary, store: ManifestStore) -> None:
+    """The closing line of a sync: this run's downloads, then what DEST holds in all."""
+    counts = store.status_counts()
+    aside = f", {counts['set_aside']} set aside" if counts["set_aside"] else ""
+    emit(
+        "info" if not summary.failed else "warning",
+        f"{summary.downloaded} downloaded, {summary.failed} failed; files in {store.dest}: "
+        f"{counts['downloaded']}, activities without a file: {counts['no_file']}{aside}",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Strava (optional): upload downloaded originals once each (each leg of a multisport one on
+# its own), with OAuth tokens kept beside the Garmin session, Strava's rate limits read
+# from every answer, duplicates not retried.
 
 STRAVA = "https://www.strava.com"
 STRAVA_REDIRECT = "http://localhost:9321/"
@@ -1233,6 +1883,11 @@ STRAVA_POLL_FOR = 60.0  # seconds to wait for Strava to process one upload, then
 STRAVA_RESERVE = 5  # requests left unused in every rate-limit window
 STRAVA_ATTEMPTS = 3  # uploads Strava rejected are tried this often in all
 STRAVA_LOGIN_HINT = run_hint("--strava-login")
+STRAVA_INACTIVE = (
+    "Strava refused the API application (HTTP 403): since 2026-06-30 Strava API applications "
+    "need a Strava subscription; check the application's status at "
+    "https://www.strava.com/settings/api"
+)
 DUPLICATE = re.compile(r"duplicate of\D*?(\d+)", re.I)
 FORM_TYPE = "application/x-www-form-urlencoded"
 
@@ -1332,6 +1987,8 @@ class StravaAPI:
                 if err.code == 401 and auth and attempt == 1:
                     self.refresh()
                     continue
+                if err.code == 403:  # an inactive application, on every endpoint we use
+                    raise Fatal(EXIT_AUTH, STRAVA_INACTIVE)
                 if err.code == 401 or (err.code == 400 and not auth):
                     why = f"Strava refused the authorisation (HTTP {err.code})"
                     raise Fatal(EXIT_AUTH, f"{why}; {STRAVA_LOGIN_HINT}")
@@ -1398,10 +2055,10 @@ def strava_outcome(answer: dict) -> dict | None:
     return None
 
 
-def check_upload(api: StravaAPI, upload_id: Any) -> dict | None:
+def check_upload(api: StravaAPI, upload_id: int) -> dict | None:
     """Ask Strava once how an upload went; None while it is still processing."""
     api.ensure_room(reads=1)
-    return strava_outcome(api.call("GET", f"/api/v3/uploads/{int(upload_id)}"))
+    return strava_outcome(api.call("GET", f"/api/v3/uploads/{upload_id}"))
 
 
 def strava_poll(api: StravaAPI, upload_id: Any) -> dict:
@@ -1414,24 +2071,45 @@ def strava_poll(api: StravaAPI, upload_id: Any) -> dict:
     return {"status": "processing", "upload_id": upload_id, "error": "still processing"}
 
 
-def strava_upload(api: StravaAPI, entry: dict, path: Path) -> dict:
-    """Upload one original (or look again at an upload still processing)."""
-    previous = entry.get("strava") or {}
+def upload_state(entry: dict, leg: int) -> dict:
+    """What the manifest keeps of the upload of an activity's file, or of one leg (from 1)."""
+    if not leg:
+        return entry["strava"] or {}
+    states = entry["strava_legs"] or []
+    return (states[leg - 1] if leg <= len(states) else None) or {}
+
+
+def keep_upload_state(entry: dict, leg: int, state: dict) -> None:
+    """Store the state of the upload of an activity's file, or of one leg (from 1)."""
+    if not leg:
+        entry["strava"] = state
+        return
+    states = list(entry["strava_legs"] or [])
+    states += [None] * (leg - len(states))
+    states[leg - 1] = state
+    entry["strava_legs"] = states
+
+
+def strava_upload(api: StravaAPI, entry: dict, leg: int, path: Path) -> dict:
+    """Upload one original or leg (or look again at an upload still processing)."""
+    previous = upload_state(entry, leg)
     if previous.get("status") == "processing" and previous.get("upload_id"):
         return check_upload(api, previous["upload_id"]) or strava_poll(api, previous["upload_id"])
     api.ensure_room(reads=3)
-    fields = {"data_type": path.suffix[1:], "external_id": f"garmin_{entry['id']}"}
-    if entry.get("name"):
-        fields["name"] = printable(entry["name"])[:200]
+    external_id = f"garmin_{entry['id']}" + (f"_{leg}" if leg else "")
+    fields = {"data_type": path.suffix[1:], "external_id": external_id}
+    if entry["name"]:
+        part = f" ({leg}/{entry['legs']})" if leg else ""
+        fields["name"] = printable(entry["name"])[:190] + part
     body, content_type = multipart(fields, path.name, path.read_bytes())
     answer = api.call("POST", "/api/v3/uploads", body, content_type)
-    if not isinstance(answer.get("id"), int):
+    if type(answer.get("id")) is not int:
         raise RequestFailed(f"Strava's upload answer has no id: {str(answer)[:120]}")
     if outcome := strava_outcome(answer):
         return outcome
     # Kept before polling: if a rate limit or an outage stops the run while Strava is still
     # processing, the next run looks at this upload instead of sending the file again.
-    entry["strava"] = {**previous, "status": "processing", "upload_id": answer["id"]}
+    keep_upload_state(entry, leg, {**previous, "status": "processing", "upload_id": answer["id"]})
     return strava_poll(api, answer["id"])
 
 
@@ -1453,24 +2131,28 @@ def strava_since(store: ManifestStore, settings: Settings) -> dt.date:
     return dt.date.fromisoformat(store.data["strava_since"][:10])
 
 
-def strava_pending(store: ManifestStore, since: dt.date) -> list[tuple[dict, Path]]:
-    """Downloaded originals on or after the start date not yet on Strava, oldest first."""
+def strava_pending(store: ManifestStore, since: dt.date) -> list[tuple[dict, int, Path]]:
+    """Downloaded originals (each leg on its own) on or after the start date not yet on
+    Strava, oldest first: (entry, leg or 0, path)."""
     on_disk = files_on_disk(store.dest)
     todo = []
     for entry in store.activities.values():
-        done = entry.get("strava") or {}
-        retired = done.get("status") == "failed" and done.get("attempts", 0) >= STRAVA_ATTEMPTS
-        wanted = entry["id"] in on_disk and entry["start_local"][:10] >= since.isoformat()
-        if wanted and not retired and done.get("status") not in ("uploaded", "duplicate"):
-            todo.append((entry, store.dest / on_disk[entry["id"]][0]))
-    return sorted(todo, key=lambda item: (item[0]["start_local"], item[0]["id"]))
+        if entry["id"] not in on_disk or entry["start_local"][:10] < since.isoformat():
+            continue
+        first, _, legs = on_disk[entry["id"]]
+        for leg in range(1, legs + 1) if legs else (0,):
+            done = upload_state(entry, leg)
+            retired = done.get("status") == "failed" and done.get("attempts", 0) >= STRAVA_ATTEMPTS
+            if not retired and done.get("status") not in ("uploaded", "duplicate"):
+                todo.append((entry, leg, store.dest / leg_filename(first, leg, legs)))
+    return sorted(todo, key=lambda item: (item[0]["start_local"], item[0]["id"], item[1]))
 
 
 def strava_step(settings: Settings, store: ManifestStore, _summary: RunSummary) -> int:
     """Upload what is pending to Strava; a run with nothing to upload asks Strava nothing."""
     todo = strava_pending(store, strava_since(store, settings))
     if settings.dry_run:
-        for _, path in todo:
+        for _, _, path in todo:
             print(f"would upload to Strava {path.name}")
         return EXIT_OK
     if not todo:
@@ -1478,14 +2160,14 @@ def strava_step(settings: Settings, store: ManifestStore, _summary: RunSummary) 
         return EXIT_OK
     api = StravaAPI(settings.timeout, load_strava_tokens())
     failed = 0
-    for number, (entry, path) in enumerate(todo, 1):
+    for number, (entry, leg, path) in enumerate(todo, 1):
         progress(f"[{number}/{len(todo)}] Strava upload {describe(entry)}")
         try:
-            outcome = strava_upload(api, entry, path)
+            outcome = strava_upload(api, entry, leg, path)
         except RequestFailed as err:
             outcome = {"status": "failed", "error": str(err)}
-        attempts = (entry.get("strava") or {}).get("attempts", 0) + 1
-        entry["strava"] = {**outcome, "attempts": attempts, "at": iso_now()}
+        attempts = upload_state(entry, leg).get("attempts", 0) + 1
+        keep_upload_state(entry, leg, {**outcome, "attempts": attempts, "at": iso_now()})
         store.changes += 1
         store.flush()
         status = outcome["status"]
@@ -1584,381 +2266,69 @@ def receive_redirect(server: Any, received: list[str], wait: float = 600.0) -> s
 
 
 # ---------------------------------------------------------------------------------------
-# Command line: parsing, the lock on DEST, and the actions (--missing, --strava-only,
-# --list, --status, --login) with their exit codes.
+# Command line: what --list and --status print, --login, and main() with its exit codes.
+
+STATUS_WORDS = {"set_aside": "set aside", "no_file": "no file"}
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit code 2."""
+def display_width(text: str) -> int:
+    """How many terminal columns text takes (a wide character, an emoji say, takes two)."""
+    import unicodedata  # noqa: PLC0415
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"garminsync: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def iso_date(text: str) -> dt.date:
-    """A YYYY-MM-DD argument."""
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2024-05-31") from None
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
-def seconds(text: str) -> float:
-    """A number of seconds, from 0 up to a day."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 86400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
-    return value
-
-
-def env_seconds(name: str, default: float, least: float = 0.0) -> float:
-    """A number of seconds (at least `least`) from the environment, or exit 2 saying why."""
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = seconds(raw) if raw else default
-    except argparse.ArgumentTypeError:
-        value = -1.0
-    if value < least:
-        raise Fatal(
-            EXIT_USAGE, f"{name}={raw!r} is not a number of seconds from {least:g}; fix or unset it"
-        )
-    return value
-
-
-def positive_int(text: str) -> int:
-    """A whole number from 1 up."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
-
-
-ACTIONS = [  # flag, action, help
-    ("--missing", "missing", "download every activity not yet in DEST (the default)"),
-    ("--status", "status", "counts by status, the last run, the session"),
-    ("--login", "login", "log in interactively (MFA too) and save the session"),
-    ("--strava-only", "strava-only", "upload pending files to Strava; ask Garmin nothing"),
-    ("--strava-login", "strava-login", "authorise uploads to Strava (OAuth, once)"),
-]
-OPTIONS = [  # flag, argparse keywords
-    ("--dest", dict(metavar="DIR", help="where the files go ($GARMINSYNC_DEST, else ~/fit)")),
-    ("--offline", dict(action="store_true", help="--list/--status from the manifest only")),
-    ("--since", dict(type=iso_date, metavar="YYYY-MM-DD", help="only activities from this date")),
-    ("--until", dict(type=iso_date, metavar="YYYY-MM-DD", help="only activities up to this date")),
-    ("--delay", dict(type=seconds, metavar="SECONDS", help="pause between Garmin requests (2)")),
-    ("--limit", dict(type=positive_int, metavar="N", help="download at most N activities")),
-    ("--dry-run", dict(action="store_true", help="show what would be done; write nothing")),
-    ("--json", dict(action="store_true", help="machine-readable --list and --status")),
-    ("--strava", dict(action="store_true", help="with --missing: upload new files to Strava")),
-    ("--strava-since", dict(type=iso_date, metavar="YYYY-MM-DD", help="Strava start date")),
-]
-
-
-def env_switch(name: str) -> bool:
-    """An on/off setting from the environment (1/yes/true/on, 0/no/false/off or unset)."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("", "0", "no", "false", "off"):
-        return False
-    if value in ("1", "yes", "true", "on"):
-        return True
-    raise Fatal(EXIT_USAGE, f"{name}={value!r} is neither on (1) nor off (0); fix or unset it")
-
-
-def build_parser() -> Parser:
-    parser = Parser(
-        prog="garminsync.py",
-        description="Keep a local copy of the original file of every Garmin Connect activity.",
-        epilog="Exit codes: 0 ok, 1 some failed, 2 usage, 3 login needed, 75 try later, "
-        "130/143 stopped by SIGINT/SIGTERM.",
-    )
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument(
-        "--list",
-        dest="list_filter",
-        choices=("all", "missing", "downloaded"),
-        help="print activities: id, start, type, name, status",
-    )
-    for flag, const, text in ACTIONS:
-        action.add_argument(flag, dest="action", action="store_const", const=const, help=text)
-    for flag, keywords in OPTIONS:
-        parser.add_argument(flag, **keywords)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser.add_argument("--version", action="version", version=f"garminsync {__version__}")
-    return parser
-
-
-def parse_settings(argv: list[str]) -> Settings:
-    """The command line and environment as Settings; usage errors exit 2 with one line."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    action = "list" if args.list_filter else (args.action or "missing")
-    strava_env = env_switch("GARMINSYNC_STRAVA")
-    problems = [
-        (args.offline and action not in ("list", "status"), "--offline goes with --list/--status"),
-        (args.json and action not in ("list", "status"), "--json goes with --list or --status"),
-        (
-            args.dry_run and action not in ("missing", "strava-only"),
-            "--dry-run goes with --missing or --strava-only",
-        ),
-        (args.strava and action != "missing", "--strava goes with --missing"),
-        (args.verbose and args.quiet, "-v and -q exclude each other"),
-        (args.since and args.until and args.since > args.until, "--since is after --until"),
-    ]
-    for bad, message in problems:
-        if bad:
-            parser.error(message)
-    delay = env_seconds("GARMINSYNC_DELAY", DEFAULT_DELAY) if args.delay is None else args.delay
-    return Settings(
-        action=action,
-        list_filter=args.list_filter or "all",
-        dest=Path(args.dest or os.environ.get("GARMINSYNC_DEST") or "~/fit").expanduser(),
-        offline=args.offline,
-        since=args.since,
-        until=args.until,
-        delay=delay,
-        timeout=env_seconds("GARMINSYNC_TIMEOUT", DEFAULT_TIMEOUT, least=1.0),
-        limit=args.limit,
-        dry_run=args.dry_run,
-        json=args.json,
-        verbosity=1 if args.verbose else (-1 if args.quiet else 0),
-        strava=action == "strava-only" or (action == "missing" and (args.strava or strava_env)),
-        strava_since=args.strava_since,
-    )
-
-
-def prepare_dest(dest: Path) -> None:
-    """Create DEST if absent and check it is a writable folder, or exit 2 saying how to fix it."""
-    check_dest_is_a_folder(dest)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise Fatal(EXIT_USAGE, f"cannot create {dest}: {err.strerror}; pick another --dest")
-
-
-def check_dest_is_a_folder(dest: Path) -> None:
-    """A DEST that exists must be a folder (exit 2); a missing one is fine."""
-    if dest.exists() and not dest.is_dir():
-        raise Fatal(EXIT_USAGE, f"{dest} is not a folder; pick another --dest")
-
-
-@contextlib.contextmanager
-def dest_lock(dest: Path):
-    """One run per DEST: an advisory flock on DEST/.garminsync.lock, or exit 75."""
-    path = dest / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        hint = (
-            "it is read-only (under systemd: allow it with `make install DEST=...`)"
-            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
-            else err.strerror
-        )
-        raise Fatal(EXIT_USAGE, f"cannot write in {dest}: {hint}")
-    with os.fdopen(fd, "rb"):  # closing it releases the lock
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Fatal(EXIT_TEMPFAIL, f"another garminsync run holds {path}; try again later")
-        yield
-
-
-def local_write_error(err: OSError, dest: Path) -> Fatal:
-    """A one-line, actionable error for a failed write in DEST (or the folder the error
-    names: refreshed tokens are saved beside a request too)."""
-    dest = Path(err.filename).parent if isinstance(err.filename, str) else dest
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        why = f"cannot write in {dest}: {err.strerror} (disk full or file size limit)"
-        return Fatal(EXIT_PARTIAL, f"{why}; free some space, the next run goes on")
-    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return Fatal(EXIT_USAGE, f"cannot write in {dest}: {err.strerror}; make it writable")
-    return Fatal(EXIT_PARTIAL, f"cannot write in {dest}: {err.strerror or err}")
-
-
-@dataclasses.dataclass
-class RunSummary:
-    """What --status shows of the last run."""
-
-    started_at: str = dataclasses.field(default_factory=iso_now)
-    began: float = dataclasses.field(default_factory=time.monotonic)
-    result: str = "ok"
-    exit_code: int = EXIT_OK
-    error: str | None = None
-    new: int = 0
-    downloaded: int = 0
-    no_file: int = 0
-    failed: int = 0
-    requests: int = 0
-
-    def as_json(self) -> dict:
-        fields = dataclasses.asdict(self)
-        del fields["began"]
-        fields["finished_at"] = iso_now()
-        fields["duration_s"] = round(time.monotonic() - self.began, 1)
-        return fields
-
-
-def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
-    """Discover new activities, then download what is pending; returns the exit code."""
-    api = GarminAPI(open_seam(settings), settings)
-    try:
-        try:
-            summary.new = discover(api, store, settings)
-        except ListingFailed as err:
-            if not api.reached:
-                why = f"Garmin Connect is unreachable ({err})"
-                raise Fatal(EXIT_TEMPFAIL, f"{why}; the next run tries again") from err
-            emit("error", f"{err}; downloading only what was already known")
-            summary.error = str(err)
-        store.flush()
-        if settings.action == "missing":
-            download_pending(api, store, settings, summary)
-    finally:
-        summary.requests = api.requests
-    if summary.failed and not api.reached:
-        raise Fatal(EXIT_TEMPFAIL, "Garmin Connect is unreachable; the next run tries again")
-    return EXIT_PARTIAL if summary.failed or summary.error else EXIT_OK
-
-
-def download_pending(
-    api: GarminAPI, store: ManifestStore, settings: Settings, summary: RunSummary
-) -> None:
-    """Download every pending activity (newest first), recording each outcome."""
-    todo = pending_activities(store, settings)
-    if settings.dry_run:
-        for entry in todo:
-            print(f"would download {describe(entry)}")
-        emit("info", f"{len(todo)} activities would be downloaded")
-        return
-    for number, entry in enumerate(todo, 1):
-        progress(f"[{number}/{len(todo)}] activity {describe(entry)}")
-        try:
-            outcome = fetch_original(api, store.dest, entry)
-        except OSError as err:
-            raise local_write_error(err, store.dest) from err
-        store.record(entry["id"], outcome)
-        status = outcome["status"]
-        summary.downloaded += status == "downloaded"
-        summary.no_file += status == "no_file"
-        summary.failed += status == "failed"
-        if status == "downloaded":  # on a terminal the progress line already said it
-            emit("debug" if OUT.progress else "info", f"saved {outcome['file']}")
-        elif status == "failed":
-            emit(
-                "warning",
-                f"activity {describe(entry)}: {outcome['error']}; the next run tries again",
-            )
-        else:
-            emit("debug", f"activity {describe(entry)}: {outcome['error']}")
-    clear_progress()
-
-
-def cmd_sync(settings: Settings) -> int:
-    """--missing, --strava-only, --list and --status: lock DEST (unless only reading it), run
-    the steps (unless --offline), then show the list, the status or the closing line."""
-    check_dest_is_a_folder(settings.dest)
-    reading = settings.offline or (settings.dry_run and not settings.dest.is_dir())
-    if not reading:
-        prepare_dest(settings.dest)
-    elif not settings.dest.exists():
-        emit("warning", f"{settings.dest} does not exist (yet): nothing has been saved there")
-    with contextlib.nullcontext() if reading else dest_lock(settings.dest):
-        store = ManifestStore(settings.dest, writable=not (settings.dry_run or settings.offline))
-        if store.writable:
-            remove_stale_temp_files(settings.dest)
-        store.load()
-        store.adopt_files_on_disk()
-        summary = RunSummary()
-        code = EXIT_OK if settings.offline else run_steps(settings, store, summary)
-    if settings.action == "list":
-        show_list(settings, store)
-    elif settings.action == "status":
-        show_status(settings, store)
-    elif settings.action == "missing" and code in (EXIT_OK, EXIT_PARTIAL) and store.writable:
-        report(summary, store)
-    return code
-
-
-SEVERITY = [EXIT_OK, EXIT_TEMPFAIL, EXIT_PARTIAL, EXIT_AUTH, EXIT_USAGE]  # mildest first
-
-
-def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
-    """The Garmin step, then the Strava step (a failure of one does not stop the other);
-    the manifest and the run's summary are flushed whatever happens."""
-    steps = [] if settings.action == "strava-only" else [garmin_step]
-    steps += [strava_step] if settings.strava else []
-    codes = []
-    try:
-        for step in steps:
-            try:
-                codes.append(step(settings, store, summary))
-            except (Fatal, OSError) as err:
-                failure = err if isinstance(err, Fatal) else local_write_error(err, settings.dest)
-                emit(fatal_level(failure), str(failure))
-                summary.error = redact(str(failure))
-                codes.append(failure.code)
-                if isinstance(err, OSError):
-                    break  # DEST cannot be written: the next step could not record anything
-    except Interrupted as stop:
-        summary.result, summary.error = "interrupted", signal.Signals(stop.signum).name
-        summary.exit_code = EXIT_SIGNAL_BASE + stop.signum
-        raise
-    except Exception as err:
-        summary.result, summary.error = "failed", f"unexpected {err.__class__.__name__}"
-        summary.exit_code = EXIT_PARTIAL
-        raise
-    else:
-        summary.exit_code = max(codes or [EXIT_OK], key=SEVERITY.index)
-        if summary.exit_code:
-            summary.result = "failed" if summary.exit_code != EXIT_TEMPFAIL else "stopped"
-    finally:
-        if settings.action in ("missing", "strava-only") and store.writable:
-            store.data["last_run"] = summary.as_json()
-        try:
-            store.flush(force=True)
-        except OSError as err:
-            emit("error", f"could not save the manifest: {err.strerror}; the files are safe")
-    return summary.exit_code
-
-
-def report(summary: RunSummary, store: ManifestStore) -> None:
-    """The closing line of a sync: this run's downloads, then what DEST holds in all."""
-    counts = store.status_counts()
-    emit(
-        "info" if not summary.failed else "warning",
-        f"{summary.downloaded} downloaded, {summary.failed} failed; files in {store.dest}: "
-        f"{counts['downloaded']}, activities without a file: {counts['no_file']}",
-    )
+def column(text: str, width: int) -> str:
+    """Text cut and padded to exactly `width` terminal columns."""
+    while display_width(text) > width:
+        text = text[:-1]
+    return text + " " * (width - display_width(text))
 
 
 def show_list(settings: Settings, store: ManifestStore) -> None:
-    """Print the activities that match --list and --since/--until."""
-    wanted = {"all": STATUSES, "downloaded": ("downloaded",), "missing": ("pending", "failed")}
+    """Print the activities that match --list and --since/--until, with a header line."""
+    wanted = {
+        "all": STATUSES,
+        "downloaded": ("downloaded",),
+        "missing": ("pending", "failed", "set_aside"),
+    }
     rows = newest_first(store, settings, wanted[settings.list_filter])
     if settings.json:
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
         print()
         return
+    if not rows:
+        emit(
+            "notice",
+            f"no {'' if settings.list_filter == 'all' else settings.list_filter + ' '}"
+            f"activities in {store.dest}",
+        )
+        return
+    print(f"{'id':>12}  {'start (local)':<19}  {'type':<20}  {'name':<40}  status")
     for e in rows:
-        status = e["status"] + (" (gone from Garmin)" if e.get("gone_since") else "")
+        status = STATUS_WORDS.get(e["status"], e["status"])
+        status += f" ({e['legs']} legs)" if e["legs"] else ""
+        status += " (gone from Garmin)" if e["gone_since"] else ""
         print(
-            f"{e['id']:>12}  {e['start_local']}  {e['type'][:20]:<20}  "
-            f"{printable(e['name'])[:40]:<40}  {status}"
+            f"{e['id']:>12}  {e['start_local']}  {column(e['type'], 20)}  "
+            f"{column(printable(e['name']), 40)}  {status}"
         )
 
 
 def show_status(settings: Settings, store: ManifestStore) -> None:
-    """Print counts by status, the last run and the session."""
+    """Print counts by status, the last run, a run in progress, what is set aside, and the
+    session."""
     counts = store.status_counts()
-    gone = sum(1 for e in store.activities.values() if e.get("gone_since"))
+    shown = [e for e in store.activities.values() if not store.is_listed_leg(e)]
+    gone = sum(1 for e in shown if e["gone_since"])
+    set_aside = [e for e in newest_first(store, settings, ("set_aside",))]
     status = {
         "dest": str(store.dest),
         "counts": counts,
         "gone_from_garmin": gone,
-        "last_run": store.data.get("last_run"),
+        "set_aside": [{"id": e["id"], "error": e["error"]} for e in set_aside],
+        "last_run": store.data["last_run"],
+        "running_since": run_in_progress(store.dest),
         "token_store": str(token_file()),
         "session_saved": session_saved(),
     }
@@ -1967,22 +2337,26 @@ def show_status(settings: Settings, store: ManifestStore) -> None:
         print()
         return
     last = status["last_run"] or {}
-    print(f"dest:      {store.dest}")
+    print(f"dest:       {store.dest}")
     print(
-        f"activities: {len(store.activities)} known: "
-        + ", ".join(f"{n} {status}" for status, n in counts.items())
+        f"activities: {len(shown)} known: "
+        + ", ".join(f"{n} {STATUS_WORDS.get(word, word)}" for word, n in counts.items())
         + f"; {gone} gone from Garmin"
     )
+    if status["running_since"]:
+        print(f"running:    a sync has been running since {status['running_since']}")
     if last:
         print(
-            f"last run:  {last.get('finished_at')}, {last.get('result')} (exit "
+            f"last run:   {last.get('finished_at')}, {last.get('result')} (exit "
             f"{last.get('exit_code')}), {last.get('duration_s')} s, "
             f"{last.get('downloaded')} downloaded"
             + (f", error: {last['error']}" if last.get("error") else "")
         )
     else:
-        print("last run:  none")
-    print(f"session:   {'saved' if status['session_saved'] else 'none'} in {token_file()}")
+        print("last run:   none")
+    for e in set_aside:
+        print(f"set aside:  {describe(e)}: {printable(e['error'] or '')}")
+    print(f"session:    {'saved' if status['session_saved'] else 'none'} in {token_file()}")
 
 
 def cmd_login(settings: Settings) -> int:
@@ -1994,6 +2368,7 @@ def cmd_login(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command line; returns the exit code."""
+    settings = None
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
         setup_output(settings.verbosity)
@@ -2009,12 +2384,14 @@ def main(argv: list[str] | None = None) -> int:
         emit(fatal_level(err), str(err))
         return err.code
     except Interrupted as stop:
-        emit(
-            "warning",
-            f"stopped by {signal.Signals(stop.signum).name}; the files saved so far "
-            "are complete, the next run goes on",
-        )
+        syncing = settings is not None and settings.action in ("missing", "strava-only")
+        saved = "; the files saved so far are complete, the next run goes on" if syncing else ""
+        emit("warning", f"stopped by {signal.Signals(stop.signum).name}{saved}")
         return EXIT_SIGNAL_BASE + stop.signum
+    except BrokenPipeError:  # `--list | head`: the reader has all it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (Exception, Deadline) as err:
         emit("debug", traceback.format_exc())
         emit(

@@ -18,18 +18,54 @@ import trustme
 from fake_garmin import (
     CA_VARIABLES,
     PROXY_VARIABLES,
+    REAL_FIT,
+    REAL_TCX,
     FakeGarmin,
     add_many_activities,
     clean_environ,
     dropped,
     load_real_account,
     routing_env,
+    synthetic_fit,
+    tcx_document,
     zip_of,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "garminsync.py"
 SHARED = REPO.parent / "shared" / "fixtures"
+# Three real device files made into multisport legs (swim, bike, run order is all they play).
+LEG_FILES = ("garmin-fenix-5-run.fit", "garmin-edge-820-bike.fit", "12129115726_ACTIVITY.fit")
+
+
+def pytest_report_header() -> str:
+    if (SHARED / "fit").is_dir():
+        return f"activity files: the real device files in {SHARED}"
+    return f"activity files: made by the tests ({SHARED} is not there)"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real device files of ../shared/fixtures when they are there (CI has them), else
+    stand-ins the tests make: a valid synthetic FIT or TCX file under each real name."""
+    if (SHARED / "fit").is_dir():
+        return SHARED
+    made = tmp_path_factory.mktemp("fixtures")
+    for number, (name, *_rest) in enumerate(REAL_FIT + tuple((n,) for n in LEG_FILES)):
+        path = made / "fit" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(synthetic_fit(1000 + number, records=20 + number))
+    for name, _id, local, _offset in REAL_TCX:
+        path = made / "tcx" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(tcx_document(local))
+    return made
+
+
+@pytest.fixture(scope="session")
+def real_fit_files(fixtures_dir: Path) -> list[bytes]:
+    """Three FIT files recorded by Garmin devices (or their stand-ins), for multisport legs."""
+    return [(fixtures_dir / "fit" / name).read_bytes() for name in LEG_FILES]
 
 
 @pytest.fixture(scope="session")
@@ -58,9 +94,9 @@ def garmin(ca: trustme.CA) -> Iterator[FakeGarmin]:
 
 
 @pytest.fixture
-def real_account(garmin: FakeGarmin) -> list[int]:
+def real_account(garmin: FakeGarmin, fixtures_dir: Path) -> list[int]:
     """6 real FIT, 2 TCX, 1 GPX original and 1 manual activity; their ids, newest first."""
-    return load_real_account(garmin, SHARED)
+    return load_real_account(garmin, fixtures_dir)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from fake_garmin import Reply, Request, json_reply
 READY = "Your activity is ready."
 PROCESSING = "Your activity is still being processed."
 ERRORED = "There was an error processing your activity."
+INACTIVE = {"resource": "Application", "field": "Status", "code": "Inactive"}
 
 
 @dataclass
@@ -57,6 +58,10 @@ class FakeStrava:
     read_usage: list[int] = field(default_factory=lambda: [0, 0])
     uploads: dict[int, Upload] = field(default_factory=dict)
     revoked: bool = False
+    # An API application whose owner has no Strava subscription (since 2026-06-30): token
+    # grants still work, every /api/v3 call answers 403 with the body below, as reported
+    # in dreeveapp/dreeve#2562 and stravalib/stravalib#730.
+    inactive: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_id: int = 9_000_000_001
 
@@ -119,6 +124,8 @@ class FakeStrava:
         )
         if over:
             reply = json_reply({"message": "Rate Limit Exceeded"}, 429)
+        elif self.inactive:
+            reply = json_reply({"message": "Forbidden", "errors": [INACTIVE]}, 403)
         elif self.revoked or req.headers.get("Authorization") != f"Bearer {self.access_token}":
             reply = json_reply({"message": "Authorization Error"}, 401)
         elif is_upload and req.path == "/api/v3/uploads":

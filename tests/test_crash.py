@@ -14,8 +14,7 @@ import subprocess
 import sys
 
 from conftest import SCRIPT
-from test_faults import assert_dest_is_truthful, temp_files
-from test_sync import downloads, manifest, saved_files
+from helpers import assert_dest_is_truthful, downloads, manifest, saved_files, temp_files
 
 TRIALS = int(os.environ.get("KILL_TRIALS", "20"))
 

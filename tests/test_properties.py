@@ -6,20 +6,15 @@ manifest is idempotent and never loses an entry.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from conftest import SCRIPT
+from helpers import import_script
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-spec = importlib.util.spec_from_file_location("garminsync", SCRIPT)
-garminsync = importlib.util.module_from_spec(spec)
-sys.modules["garminsync"] = garminsync
-spec.loader.exec_module(garminsync)
+garminsync = import_script()
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -90,7 +85,7 @@ def test_adopting_files_is_idempotent_and_never_loses_an_entry(known, on_disk):
             (dest / garminsync.activity_filename(record, ext)).write_bytes(b"x")
         store = garminsync.ManifestStore(dest, writable=False)
         for key, entry in known.items():
-            store.activities[key] = {**entry, "id": int(key), "type": "unknown", "size": None}
+            store.activities[key] = garminsync.new_entry({**entry, "id": int(key)})
         store.adopt_files_on_disk()
         once = copy.deepcopy(store.data)
         store.adopt_files_on_disk()
@@ -122,3 +117,42 @@ def test_a_text_activity_id_is_taken_only_when_it_is_plain_ascii_digits(text):
         assert record is not None and record["id"] == int(plain)
     else:
         assert record is None
+
+
+# A manifest entry as garminsync writes it, then hand-edited: any field, the Strava part
+# included, may hold any JSON value.
+upload_states = st.fixed_dictionaries(
+    {"status": st.sampled_from(garminsync.STRAVA_STATUSES) | json_values},
+    optional={field: json_values for field in garminsync.STRAVA_UPLOAD if field != "status"},
+)
+edited_entries = st.fixed_dictionaries(
+    {"start_local": written, "status": st.sampled_from(garminsync.STATUSES)},
+    optional={
+        **{f: json_values for f in garminsync.ENTRY if f not in ("id", "start_local", "status")},
+        "strava": upload_states | json_values,
+        "strava_legs": st.lists(upload_states | json_values, max_size=3) | json_values,
+    },
+)
+
+
+@given(st.dictionaries(st.integers(1, 10**12).map(str), edited_entries, max_size=5))
+@example({"7": {"start_local": "2024-01-01 07:00:00", "status": "failed",
+                "strava": {"status": "failed", "attempts": "2"}}})  # fmt: skip
+@example({"7": {"start_local": "2024-01-01 07:00:00", "status": "failed",
+                "strava": {"status": "processing", "upload_id": "x"}}})  # fmt: skip
+@settings(max_examples=300, deadline=None)
+def test_every_field_read_back_has_the_type_the_schema_gives(activities):
+    for key, entry in activities.items():
+        entry["id"] = int(key)
+    text = garminsync.json.dumps({"version": 1, "activities": activities})
+    kept = garminsync.parse_manifest(text)["activities"]
+    assert set(kept) == set(activities)  # a wrong field costs that field, not the entry
+    for entry in kept.values():
+        assert set(entry) == set(garminsync.ENTRY)
+        for field, (kind, _) in garminsync.ENTRY.items():
+            assert entry[field] is None or garminsync.fits(entry[field], kind), field
+        uploads = [entry["strava"], *(entry["strava_legs"] or [])]
+        for upload in filter(None, uploads):
+            assert upload["status"] in garminsync.STRAVA_STATUSES
+            for field, (kind, _) in garminsync.STRAVA_UPLOAD.items():
+                assert upload[field] is None or garminsync.fits(upload[field], kind), field

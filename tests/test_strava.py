@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import SCRIPT
 from fake_garmin import make_activity, status, synthetic_fit, trickle
-from test_sync import manifest, saved_files
+from helpers import manifest, saved_files
 
 UPLOADS = "/api/v3/uploads"
 # add_today's activities are today's; a run that starts after midnight must still take them.
@@ -324,3 +324,43 @@ def test_no_strava_secret_or_token_is_printed_at_verbose(garmin, strava, run, ba
         old["refresh_token"],
     ):
         assert secret not in output
+
+
+def test_each_leg_of_a_multisport_activity_is_its_own_strava_upload(
+    garmin, strava, run, bare_env, dest, real_fit_files
+):
+    start = datetime(2024, 7, 14, 8, 0)
+    parent = make_activity(50_000, start, "multi_sport", name="Brick")
+    legs = [
+        (make_activity(50_001, start, "road_biking"), real_fit_files[1]),
+        (make_activity(50_002, start + timedelta(hours=2), "running"), real_fit_files[2]),
+    ]
+    garmin.add_multisport(parent, legs, list_legs=False)
+    result = run("--strava", "--strava-since", "2024-07-01", "--dest", dest, env=bare_env)
+    assert result.returncode == 0, result.stderr
+    uploads = {u.external_id: u for u in strava.uploads.values()}
+    assert sorted(uploads) == ["garmin_50000_1", "garmin_50000_2"]
+    for leg, (_, fit) in enumerate(legs, 1):
+        assert uploads[f"garmin_50000_{leg}"].digest == hashlib.sha256(fit).hexdigest()
+    states = manifest(dest)["activities"]["50000"]["strava_legs"]
+    assert [s["status"] for s in states] == ["uploaded", "uploaded"]
+    garmin.clear_log()
+    assert run("--strava", "--dest", dest, env=bare_env).returncode == 0
+    assert strava_requests(garmin) == []  # each leg went once
+
+
+def test_an_inactive_strava_application_stops_the_strava_step_with_exit_3(
+    garmin, strava, run, bare_env, dest
+):
+    strava.inactive = True  # no subscription since 2026-06-30: every API call answers 403
+    add_today(garmin, 50_000_000_030)
+    result = run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
+    assert result.returncode == 3
+    problems = [line for line in result.stderr.splitlines() if line.startswith("garminsync: ")]
+    assert len(problems) == 1 and "subscription" in problems[0]
+    assert "https://www.strava.com/settings/api" in problems[0]
+    assert saved_files(dest)  # the Garmin step is unaffected
+    assert strava_of(dest, 50_000_000_030) == {}  # no activity marked failed for it
+    strava.inactive = False
+    assert run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env).returncode == 0
+    assert strava_of(dest, 50_000_000_030)["status"] == "uploaded"

@@ -21,38 +21,11 @@ from fake_garmin import (
     GPX_ID,
     MANUAL_ID,
     cut,
-    make_activity,
     status,
     synthetic_fit,
     zip_of,
 )
-
-LIST = "/activitylist-service/activities/search/activities"
-COUNT = "/activitylist-service/activities/count"
-DOWNLOAD = "/download-service/files/activity/"
-
-
-def manifest(dest: Path) -> dict:
-    return json.loads((dest / "garminsync.json").read_text())
-
-
-def saved_files(dest: Path) -> dict[int, Path]:
-    """activity id -> file, for every activity_* file in DEST."""
-    found = {}
-    for path in dest.iterdir():
-        match = re.fullmatch(r"activity_(\d+)_.*", path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return found
-
-
-def downloads(garmin) -> list[int]:
-    return [int(e.path.rsplit("/", 1)[1]) for e in garmin.requests_to(DOWNLOAD)]
-
-
-def add_late_upload(garmin, activity_id: int, start: datetime) -> None:
-    garmin.add_activity(make_activity(activity_id, start), synthetic_fit(activity_id), "fit")
-
+from helpers import COUNT, DOWNLOAD, LIST, add_late_upload, downloads, manifest, saved_files
 
 # --- what a sync saves
 
@@ -235,7 +208,8 @@ def test_status_reports_counts_last_run_and_session(garmin, real_account, run, d
     run("--dest", dest)
     result = run("--status", "--offline", "--json", "--dest", dest)
     status_ = json.loads(result.stdout)
-    assert status_["counts"] == {"pending": 0, "downloaded": 9, "no_file": 1, "failed": 0}
+    counts = {"pending": 0, "downloaded": 9, "no_file": 1, "failed": 0, "set_aside": 0}
+    assert status_["counts"] == counts
     assert status_["last_run"]["exit_code"] == 0 and status_["last_run"]["duration_s"] >= 0
     assert status_["session_saved"] is True
     assert status_["token_store"].startswith(env["GARMINTOKENS"])
