@@ -81,6 +81,7 @@ APP   := $(HOME)/.local/share/garminsync
 UNITS := $(HOME)/.config/systemd/user
 CONF  := $(HOME)/.config/garminsync
 STATE := $(HOME)/.local/state/garminsync
+BIN   := $(HOME)/.local/bin
 DROPIN = $(UNITS)/garminsync.service.d/dest.conf
 # Talk to the user manager only if it is the one of this HOME: HOME=/tmp/x leaves yours be.
 MANAGER_HERE = systemctl --user show-environment 2>/dev/null | grep -qxF 'HOME=$(HOME)'
@@ -93,6 +94,8 @@ install:
 	$(APP)/venv/bin/python -c '' 2>/dev/null || $(PYTHON) -m venv --clear $(APP)/venv
 	$(APP)/venv/bin/python -m pip install --quiet --disable-pip-version-check '$(DEPS)'
 	install -D -m 0644 garminsync.py $(APP)/garminsync.py
+	install -D -m 0644 README.md $(APP)/README.md
+	install -D -m 0755 garminsync.sh $(BIN)/garminsync
 	install -D -m 0644 -t $(UNITS) garminsync.service garminsync.timer
 	install -d -m 0700 $(CONF) $(STATE)
 	test -e $(CONF)/env || install -m 0600 garminsync.env $(CONF)/env
@@ -104,8 +107,8 @@ ifneq ($(DEST),)
 endif
 	if $(MANAGER_HERE); then systemctl --user daemon-reload; fi
 	@echo
-	@echo 'Installed in $(APP). Next:'
-	@echo '  $(APP)/venv/bin/python $(APP)/garminsync.py --login'
+	@echo 'Installed in $(APP), and the command $(BIN)/garminsync. Next:'
+	@echo '  $(BIN)/garminsync --login'
 	@echo '      log in once (MFA too); the session is saved in $(STATE)'
 	@echo '  systemctl --user enable --now garminsync.timer'
 	@echo '      sync every 6 hours to $(or $(abspath $(DEST)),~/fit (or the DEST installed before))'
@@ -113,11 +116,14 @@ endif
 	@echo '      keep the timer running while you are logged out'
 	@echo '  journalctl --user -t garminsync'
 	@echo '      the log (-p warning: problems only); settings in $(CONF)/env'
+	@systemctl --user show-environment >/dev/null 2>&1 || { echo; \
+	  echo 'Note: no systemd user manager answers here (WSL, a container, some NAS):'; \
+	  echo 'the timer cannot run. Use cron instead: see "Without systemd" in README.md.'; }
 
 uninstall:
 	$(if $(HOME),,$(error HOME is not set))
 	if $(MANAGER_HERE); then systemctl --user stop garminsync.timer garminsync.service || :; fi
-	rm -f $(UNITS)/garminsync.service $(UNITS)/garminsync.timer $(DROPIN) \
+	rm -f $(UNITS)/garminsync.service $(UNITS)/garminsync.timer $(DROPIN) $(BIN)/garminsync \
 	  $(UNITS)/timers.target.wants/garminsync.timer \
 	  $(HOME)/.local/share/systemd/timers/stamp-garminsync.timer
 	rm -rf $(APP)

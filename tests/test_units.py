@@ -7,6 +7,7 @@ counterpart, in a real user manager, is test_systemd_live.py.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -144,7 +145,7 @@ def test_service_settings() -> None:
     assert unit["EnvironmentFile"] == ["-%h/.config/garminsync/env"]
     assert unit["SyslogIdentifier"] == ["garminsync"]
     # 75 (temporary) and 143 (systemctl stop) are not failures; 1, 2 and 3 are.
-    assert " ".join(unit["SuccessExitStatus"]).split() == ["75", "143"]
+    assert " ".join(unit["SuccessExitStatus"]).split() == ["TEMPFAIL", "143"]  # TEMPFAIL: 75
     assert unit.get("TimeoutStartSec", ["infinity"]) == ["infinity"]  # oneshot: none
     assert unit["Nice"] and unit["IOSchedulingClass"] == ["idle"]
     # Without PrivateUsers= a user manager skips the file system sandbox.
@@ -283,3 +284,22 @@ def test_only_the_manager_of_this_home_is_reloaded(install: Install, same_home: 
         assert "--user stop garminsync.timer garminsync.service" in acted
     else:
         assert acted == []
+
+
+def test_the_installed_command_runs_with_the_timers_settings(install: Install) -> None:
+    home = copy_of(install)
+    nas = home.home / "nas/fit"
+    assert make("install", home.home, f"DEST={nas}").returncode == 0
+    command = home.home / ".local/bin/garminsync"
+    env = {"HOME": str(home.home), "PATH": SYSTEM_PATH, "XDG_STATE_HOME": "/elsewhere"}
+
+    def status() -> subprocess.CompletedProcess[str]:
+        args = [str(command), "--status", "--offline", "--json"]
+        return subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+
+    shown = json.loads(status().stdout)
+    assert shown["dest"] == str(nas)  # the DEST of `make install DEST=...`, not ~/fit
+    assert shown["token_store"] == str(home.state / "garmin_tokens.json")
+    settings = home.conf / "env"
+    settings.write_text(settings.read_text() + "GARMINSYNC_DEST=/mnt/other fit\n")
+    assert json.loads(status().stdout)["dest"] == "/mnt/other fit"  # the env file wins
