@@ -1228,9 +1228,17 @@ def describe_failure(err: BaseException, status: int | None) -> str:
         return f"HTTP {status}"
     if isinstance(err, ValueError) and "JSON" in err.__class__.__name__ + str(err):
         return "the answer is not JSON"
-    text = str(err).split("\n")[0]
+    text = plain_cause(str(err).split("\n")[0])
     name = err.__class__.__name__
     return f"{name}: {shorten(text)}" if text else name
+
+
+def plain_cause(text: str) -> str:
+    """What a connection error's long text comes down to ('Unable to connect to proxy:
+    Connection refused', 'Temporary failure in name resolution'), else the text."""
+    said = re.search(r"Caused by \w+\('([^']+)'", text)
+    system = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    return ": ".join(filter(None, [said and said.group(1), system and system[-1].strip()])) or text
 
 
 def http_answer_of(err: BaseException) -> Any:
@@ -2379,7 +2387,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_login(settings)
         if settings.action == "strava-login":
             return strava_login()
-        return cmd_sync(settings)
+        code = cmd_sync(settings)
+        sys.stdout.flush()  # here, so that a reader who closed the pipe is caught below
+        return code
     except Fatal as err:
         emit(fatal_level(err), str(err))
         return err.code
