@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import SCRIPT
 from fake_garmin import make_activity, status, synthetic_fit, trickle
-from helpers import manifest, saved_files
+from helpers import manifest, saved_files, wait_for
 
 UPLOADS = "/api/v3/uploads"
 # add_today's activities are today's; a run that starts after midnight must still take them.
@@ -167,10 +167,7 @@ def test_a_kill_right_after_a_token_refresh_does_not_lose_the_rotated_token(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
-    while not [e for e in strava_requests(garmin) if e.path == UPLOADS]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: [e for e in strava_requests(garmin) if e.path == UPLOADS])
     proc.kill()
     proc.wait()
     proc.stderr.close()
