@@ -232,7 +232,10 @@ NETRC_MACHINES = ("garmin.com", "connect.garmin.com", "sso.garmin.com")
 
 
 def this_command() -> str:
-    """'python garminsync.py', or the interpreter and path this copy was started with."""
+    """'python garminsync.py', the installed command (which says its name in
+    $GARMINSYNC_COMMAND), or the interpreter and path this copy was started with."""
+    if os.environ.get("GARMINSYNC_COMMAND"):
+        return os.environ["GARMINSYNC_COMMAND"]
     if sys.argv[0].endswith(".py") and sys.argv[0] != "garminsync.py":
         return f"{sys.executable} {Path(sys.argv[0]).resolve()}"
     return "python garminsync.py"

@@ -8,7 +8,7 @@ GARMINSYNC_DEST="$HOME/fit"
 if [ -r "$dropin" ]; then
     GARMINSYNC_DEST=$(sed -n 's/^Environment=GARMINSYNC_DEST=//p' "$dropin")
 fi
-export GARMINSYNC_DEST GARMINTOKENS="$HOME/.local/state/garminsync"
+export GARMINSYNC_DEST GARMINTOKENS="$HOME/.local/state/garminsync" GARMINSYNC_COMMAND="$0"
 # KEY=value lines, as systemd reads them (comments and blank lines skipped).
 if [ -r "$HOME/.config/garminsync/env" ]; then
     while IFS= read -r line || [ -n "$line" ]; do

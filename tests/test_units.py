@@ -303,3 +303,12 @@ def test_the_installed_command_runs_with_the_timers_settings(install: Install) -
     settings = home.conf / "env"
     settings.write_text(settings.read_text() + "GARMINSYNC_DEST=/mnt/other fit\n")
     assert json.loads(status().stdout)["dest"] == "/mnt/other fit"  # the env file wins
+    hint = subprocess.run(
+        [str(command), "--missing", "--dest", str(home.home / "fit")],
+        env={**env, "HTTPS_PROXY": "http://127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert hint.returncode == 3
+    assert f"run `{command} --login` once" in hint.stderr  # the command the user has
