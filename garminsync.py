@@ -251,7 +251,7 @@ LOGIN_HINT = run_hint("--login")
 
 @dataclasses.dataclass
 class Settings:
-    action: str = "missing"  # missing | list | status | login | strava-only | strava-login
+    action: str = "missing"  # missing | list | status | report | login | strava-*
     list_filter: str = "all"
     dest: Path = Path("~/fit")
     offline: bool = False
@@ -266,6 +266,9 @@ class Settings:
     verbosity: int = 0
     strava: bool = False
     strava_since: dt.date | None = None
+    stale_after: dt.timedelta = dt.timedelta(days=3)  # then temporary trouble fails the run
+    metrics_file: Path | None = None
+    ping_url: str | None = None
 
 
 class Parser(argparse.ArgumentParser):
@@ -318,7 +321,8 @@ def positive_int(text: str) -> int:
 
 ACTIONS = [  # flag, action, help
     ("--missing", "missing", "download every activity not yet in DEST (the default)"),
-    ("--status", "status", "counts by status, the last run, the session"),
+    ("--status", "status", "counts by status, the last runs, the session"),
+    ("--report", "report", "write DEST/garminsync.html from the manifest; print its path"),
     ("--login", "login", "log in interactively (MFA too) and save the session"),
     ("--strava-only", "strava-only", "upload pending files to Strava; ask Garmin nothing"),
     ("--strava-login", "strava-login", "authorise uploads to Strava (OAuth, once)"),
@@ -335,6 +339,7 @@ OPTIONS = [  # flag, argparse keywords
     ("--json", dict(action="store_true", help="machine-readable --list and --status")),
     ("--strava", dict(action="store_true", help="with --missing: upload new files to Strava")),
     ("--strava-since", dict(type=iso_date, metavar="YYYY-MM-DD", help="Strava start date")),
+    ("--metrics-file", dict(metavar="PATH", help="write metrics for node_exporter there")),
 ]
 
 
@@ -379,7 +384,10 @@ def parse_settings(argv: list[str]) -> Settings:
     action = "list" if args.list_filter else (args.action or "missing")
     strava_env = env_switch("GARMINSYNC_STRAVA")
     problems = [
-        (args.offline and action not in ("list", "status"), "--offline goes with --list/--status"),
+        (
+            args.offline and action not in ("list", "status", "report"),
+            "--offline goes with --list/--status",
+        ),
         (args.json and action not in ("list", "status"), "--json goes with --list or --status"),
         (
             args.dry_run and action not in ("missing", "strava-only"),
@@ -394,6 +402,7 @@ def parse_settings(argv: list[str]) -> Settings:
         if bad:
             parser.error(message)
     delay = env_seconds("GARMINSYNC_DELAY", DEFAULT_DELAY) if args.delay is None else args.delay
+    metrics_file = args.metrics_file or os.environ.get("GARMINSYNC_METRICS_FILE")
     return Settings(
         action=action,
         list_filter=args.list_filter or "all",
@@ -410,7 +419,32 @@ def parse_settings(argv: list[str]) -> Settings:
         verbosity=1 if args.verbose else (-1 if args.quiet else 0),
         strava=action == "strava-only" or (action == "missing" and (args.strava or strava_env)),
         strava_since=args.strava_since,
+        stale_after=env_duration("GARMINSYNC_STALE_AFTER", dt.timedelta(days=3)),
+        metrics_file=Path(metrics_file).expanduser() if metrics_file else None,
+        ping_url=env_url("GARMINSYNC_PING_URL"),
     )
+
+
+def env_duration(name: str, default: dt.timedelta) -> dt.timedelta:
+    """A duration from the environment: a number of days, or a number with s, m, h or d."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", raw)
+    if not match:
+        raise Fatal(EXIT_USAGE, f"{name}={raw!r} is not a duration like 3d or 36h; fix or unset it")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours"}.get(match.group(2), "days")
+    return dt.timedelta(**{unit: float(match.group(1))})
+
+
+def env_url(name: str) -> str | None:
+    """An http(s) URL from the environment, remembered as a secret (a ping URL lets anyone
+    report for you)."""
+    raw = os.environ.get(name, "").strip()
+    if raw and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
+        raise Fatal(EXIT_USAGE, f"{name} is not an http(s) URL; fix or unset it")
+    add_secret(raw)
+    return raw or None
 
 
 def token_file() -> Path:
@@ -612,6 +646,7 @@ LOCK_NAME = ".garminsync.lock"
 STATUSES = ("pending", "downloaded", "no_file", "failed", "set_aside")
 FLUSH_SECONDS, FLUSH_CHANGES = 30.0, 1000  # bounded rewrites of a growing manifest
 
+NUMBER = (int, float)
 # The one definition of a manifest entry: every field, its JSON type and its default.
 # Creating, checking, merging and writing an entry all go by this table.
 ENTRY: dict[str, tuple[type, Any]] = {
@@ -620,6 +655,8 @@ ENTRY: dict[str, tuple[type, Any]] = {
     "start_gmt": (str, None),
     "type": (str, "unknown"),  # Garmin's typeKey
     "name": (str, ""),
+    "distance": (NUMBER, None),  # metres, as Garmin lists it
+    "moving_s": (NUMBER, None),  # moving time in seconds, as Garmin lists it
     "manual": (bool, False),  # entered by hand: Garmin keeps no file
     "parent": (int, None),  # a multisport leg Garmin lists on its own: the parent's id
     "status": (str, "pending"),  # one of STATUSES
@@ -649,12 +686,15 @@ MANIFEST_FIELDS: dict[str, tuple[type, Any]] = {
     "last_full_listing": (str, None),  # ISO UTC time of the last complete listing
     "count_offset": (int, 0),  # Garmin's count minus the activities its list shows
     "strava_since": (str, None),  # 'YYYY-MM-DD': uploads start with activities of this day
+    "runs": (list, None),  # the last RUNS_KEPT runs, oldest first, as RunSummary.as_json
+    "last_success": (str, None),  # ISO UTC time the last sync that ended with exit 0 ended
 }
+RUNS_KEPT = 100
 
 
-def fits(value: Any, kind: type) -> bool:
-    """Whether a JSON value has this type (a bool is not an int here)."""
-    return type(value) is int if kind is int else isinstance(value, kind)
+def fits(value: Any, kind: type | tuple) -> bool:
+    """Whether a JSON value has this type (a bool is not a number here)."""
+    return kind is bool if isinstance(value, bool) else isinstance(value, kind)
 
 
 def clean_fields(value: dict, schema: dict, where: str, problems: list[str]) -> dict:
@@ -745,6 +785,7 @@ def parse_manifest(text: str) -> dict:
             activities[key] = entry
     manifest = {"version": MANIFEST_VERSION, "activities": activities}
     manifest.update(clean_fields(data, MANIFEST_FIELDS, "manifest", problems))
+    manifest["runs"] = [run for run in manifest["runs"] or [] if isinstance(run, dict)]
     if problems:
         shown = ", ".join(p[:60] for p in problems[:5]) + (", ..." if len(problems) > 5 else "")
         emit("warning", f"manifest fields of the wrong type were reset: {shown}")
@@ -760,12 +801,18 @@ class ManifestStore:
         self.writable = writable
         self.data: dict = {"version": MANIFEST_VERSION, "activities": {}}
         self.data.update({field: default for field, (_, default) in MANIFEST_FIELDS.items()})
-        self.changes = 0
+        self.changes = 0  # since the last write
+        self.edits = 0  # changes to the activities since the manifest was loaded
         self.flushed_at = time.monotonic()
 
     @property
     def activities(self) -> dict[str, dict]:
         return self.data["activities"]
+
+    def edited(self) -> None:
+        """Note a change to the activities (for the next write, and for the report page)."""
+        self.changes += 1
+        self.edits += 1
 
     def load(self) -> None:
         """Read the manifest; one that does not parse is moved aside (never overwritten), one
@@ -792,7 +839,7 @@ class ManifestStore:
         os.replace(self.path, aside)
         why = f"{self.path} is unreadable ({reason})"
         emit("warning", f"{why}; moved it to {aside.name}; the manifest is rebuilt from the files")
-        self.changes += 1
+        self.edited()
 
     def adopt_files_on_disk(self) -> None:
         """Files are the truth: adopt unknown ones, and forget files that vanished."""
@@ -806,12 +853,12 @@ class ManifestStore:
                 entry.update(status="downloaded", file=name, legs=legs, error=None, failures=0)
                 entry["size"] = sum((self.dest / n).stat().st_size for n in activity_files(entry))
                 entry["first_failure"] = None
-                self.changes += 1
+                self.edited()
         for key, entry in self.activities.items():
             if entry["status"] == "downloaded" and int(key) not in on_disk:
                 entry.update(status="pending", file=None, legs=0, size=None)
                 entry["error"] = "the file vanished from DEST"
-                self.changes += 1
+                self.edited()
 
     def is_listed_leg(self, entry: dict) -> bool:
         """A multisport leg Garmin lists on its own, whose parent's download saves it."""
@@ -840,7 +887,7 @@ class ManifestStore:
             entry.update(changed, gone_since=None)
             if record["manual"] and entry["status"] == "pending":
                 entry.update(status="no_file", error=MANUAL)
-            self.changes += 1
+            self.edited()
         return int(is_new)
 
     def mark_gone(self, ids: set[int]) -> None:
@@ -849,14 +896,14 @@ class ManifestStore:
             entry = self.activities[str(activity_id)]
             if not entry.get("gone_since"):
                 entry["gone_since"] = iso_now()
-                self.changes += 1
+                self.edited()
         if ids:
             emit("info", f"{len(ids)} activities are gone from Garmin; their files stay")
 
     def record(self, activity_id: int, outcome: dict) -> None:
         """Store a download's outcome (flushed when due)."""
         self.activities[str(activity_id)].update(outcome)
-        self.changes += 1
+        self.edited()
         self.flush()
 
     def flush(self, force: bool = False) -> None:
@@ -1431,9 +1478,18 @@ def activity_record(raw: Any) -> dict | None:
         "start_gmt": gmt.strftime(TIME_FORMAT) if gmt else None,
         "type": valid_text(type_key) if isinstance(type_key, str) and type_key else "unknown",
         "name": valid_text(name) if isinstance(name, str) else "",
+        "distance": listed_number(raw.get("distance")),
+        "moving_s": listed_number(raw.get("movingDuration") or raw.get("duration")),
         "manual": raw.get("manualActivity") is True,
         "parent": listed_id(raw.get("parentId")),
     }
+
+
+def listed_number(value: Any) -> float | None:
+    """A distance or duration as Garmin lists it, when it is a real number from 0 up."""
+    if isinstance(value, bool) or not isinstance(value, NUMBER):
+        return None
+    return round(float(value), 1) if 0 <= value < 1e12 else None
 
 
 def listed_id(value: Any) -> int | None:
@@ -1541,11 +1597,11 @@ def walk_list(api: GarminAPI, store: ManifestStore, settings: Settings, plan: Li
         start, limit = start + held, PAGE
 
 
-def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> int:
-    """Bring the manifest up to date with Garmin's list; return how many activities are new.
+def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> Walk:
+    """Bring the manifest up to date with Garmin's list; returns what the walk found.
     docs/design.md tells the rule; listing_plan decides how much of the list to read."""
     if settings.since or settings.until:  # a date range: read it whole, learn nothing more
-        return walk_list(api, store, settings, ListingPlan("all")).new
+        return walk_list(api, store, settings, ListingPlan("all"))
     count = fetch_count(api)
     present = store.present_ids()
     expected = len(present) + store.data["count_offset"]
@@ -1553,7 +1609,7 @@ def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> int:
     plan = listing_plan(count, expected, store.data["last_full_listing"], full_due)
     emit("debug", f"Garmin counts {count} activities, {expected} expected: reading {plan.read}")
     if plan.read == "nothing":
-        return 0
+        return Walk(found_all=True)
     walk = walk_list(api, store, settings, plan)
     if walk.complete and count - len(walk.seen) != store.data["count_offset"]:
         # A new difference between count and list: standing (a second count, one small
@@ -1574,7 +1630,7 @@ def discover(api: GarminAPI, store: ManifestStore, settings: Settings) -> int:
     if walk.found_all:
         store.data["count_offset"] = count - len(store.present_ids())
         store.changes += 1
-    return walk.new
+    return walk
 
 
 # ---------------------------------------------------------------------------------------
@@ -1691,19 +1747,22 @@ SET_ASIDE_AFTER_DAYS = dt.timedelta(days=2)  # ... the first at least this long 
 
 @dataclasses.dataclass
 class RunSummary:
-    """What --status shows of the last run."""
+    """One sync run, as the manifest's run history keeps it."""
 
+    action: str = "missing"
     started_at: str = dataclasses.field(default_factory=iso_now)
     began: float = dataclasses.field(default_factory=time.monotonic)
-    result: str = "ok"
+    result: str = "ok"  # ok | failed | rate limited | unreachable | stopped | interrupted
     exit_code: int = EXIT_OK
     error: str | None = None
+    listed: int = 0  # activities Garmin's list showed this run
     new: int = 0
     downloaded: int = 0
     no_file: int = 0
     failed: int = 0
     set_aside: int = 0
-    requests: int = 0
+    uploaded: int = 0  # to Strava
+    requests: int = 0  # to Garmin
 
     def as_json(self) -> dict:
         fields = dataclasses.asdict(self)
@@ -1714,10 +1773,10 @@ class RunSummary:
 
 
 def cmd_sync(settings: Settings) -> int:
-    """--missing, --strava-only, --list and --status: lock DEST unless only reading it, run
-    the steps unless offline, then show the list, the status or the closing line."""
+    """--missing, --strava-only, --list, --status and --report: lock DEST unless only reading
+    it, run the steps unless offline, then show the list, the status or the closing line."""
     check_dest_is_a_folder(settings.dest)
-    offline = settings.offline
+    offline = settings.offline or settings.action == "report"
     if settings.action in ("list", "status") and not offline and run_in_progress(settings.dest):
         emit("notice", "a sync is running on this DEST: showing the manifest as it last saved it")
         offline = True
@@ -1732,15 +1791,42 @@ def cmd_sync(settings: Settings) -> int:
             remove_stale_temp_files(settings.dest)
         store.load()
         store.adopt_files_on_disk()
-        summary = RunSummary()
-        code = EXIT_OK if offline else run_steps(settings, store, summary)
+        summary = RunSummary(action=settings.action)
+        syncing = settings.action in ("missing", "strava-only") and store.writable
+        if syncing:
+            ping(settings.ping_url, "/start", f"garminsync {settings.action} started")
+        try:
+            code = EXIT_OK if offline else run_steps(settings, store, summary)
+        finally:  # an interrupted run is reported too (further signals are ignored by now)
+            if syncing:
+                closing = ""
+                if settings.action == "missing" and summary.exit_code in (EXIT_OK, EXIT_PARTIAL):
+                    closing = report(summary, store)
+                after_the_run(settings, store, summary, summary.error or closing)
     if settings.action == "list":
         show_list(settings, store)
     elif settings.action == "status":
         show_status(settings, store)
-    elif settings.action == "missing" and code in (EXIT_OK, EXIT_PARTIAL) and store.writable:
-        report(summary, store)
+    elif settings.action == "report":
+        print(write_report(store))
     return code
+
+
+def after_the_run(settings: Settings, store: ManifestStore, summary: RunSummary, line: str) -> None:
+    """What watches the runs hears of this one: the report page (when the activities or the
+    result changed), the metrics file and the closing ping. None of it changes the exit code."""
+    runs = store.data["runs"] or []
+    result_changed = len(runs) < 2 or runs[-2].get("result") != summary.result
+    if store.edits or result_changed or not (store.dest / REPORT_NAME).exists():
+        with contextlib.suppress(OSError):  # DEST's trouble was reported by the run itself
+            write_report(store)
+    if settings.metrics_file:
+        try:
+            write_metrics(settings.metrics_file, store, summary)
+        except OSError as err:
+            emit("warning", f"cannot write {settings.metrics_file}: {err.strerror}")
+    suffix = "" if summary.exit_code == EXIT_OK else f"/{summary.exit_code}"
+    ping(settings.ping_url, suffix, line)
 
 
 SEVERITY = [EXIT_OK, EXIT_TEMPFAIL, EXIT_PARTIAL, EXIT_AUTH, EXIT_USAGE]  # mildest first
@@ -1751,8 +1837,11 @@ def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> 
     the manifest and the run's summary are saved whatever happens."""
     try:
         summary.exit_code = run_each_step(settings, store, summary)
-        if summary.exit_code:
-            summary.result = "failed" if summary.exit_code != EXIT_TEMPFAIL else "stopped"
+        if summary.exit_code == EXIT_TEMPFAIL and (since := trouble_since(store, settings)):
+            line = f"no successful sync since {since}; this run: {summary.error}"
+            emit("error", line)
+            summary.exit_code, summary.error = EXIT_PARTIAL, line
+        summary.result = result_word(summary.exit_code, summary.error)
     except Interrupted as stop:
         summary.result, summary.error = "interrupted", signal.Signals(stop.signum).name
         summary.exit_code = EXIT_SIGNAL_BASE + stop.signum
@@ -1784,10 +1873,37 @@ def run_each_step(settings: Settings, store: ManifestStore, summary: RunSummary)
     return max(codes, key=SEVERITY.index)
 
 
+def result_word(code: int, error: str | None) -> str:
+    """A run's result in a word or two, as the history and --status show it."""
+    if code == EXIT_OK:
+        return "ok"
+    why = (error or "").lower()
+    if code != EXIT_TEMPFAIL:
+        return "failed"
+    return (
+        "rate limited" if "rate limit" in why else "unreachable" if "unreach" in why else "stopped"
+    )
+
+
+def trouble_since(store: ManifestStore, settings: Settings) -> str | None:
+    """The last successful sync (or the first run on record), when it is older than
+    GARMINSYNC_STALE_AFTER: temporary trouble has lasted too long to stay a warning."""
+    runs = store.data["runs"] or [{}]
+    since = store.data["last_success"] or runs[0].get("started_at")
+    if not isinstance(since, str) or since >= iso_now(-settings.stale_after):
+        return None
+    return since
+
+
 def save_run(settings: Settings, store: ManifestStore, summary: RunSummary) -> None:
-    """Record the run in the manifest and write it; the files are safe if that fails."""
+    """Record the run in the manifest's history and write it; the files are safe if that
+    fails."""
     if settings.action in ("missing", "strava-only") and store.writable:
-        store.data["last_run"] = summary.as_json()
+        run = summary.as_json()
+        store.data["last_run"] = run
+        store.data["runs"] = [*(store.data["runs"] or [])[-(RUNS_KEPT - 1) :], run]
+        if summary.exit_code == EXIT_OK:
+            store.data["last_success"] = run["finished_at"]
     try:
         store.flush(force=True)
     except OSError as err:
@@ -1799,7 +1915,8 @@ def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -
     api = GarminAPI(open_seam(settings), settings)
     try:
         try:
-            summary.new = discover(api, store, settings)
+            walk = discover(api, store, settings)
+            summary.new, summary.listed = walk.new, len(walk.seen)
         except ListingFailed as err:
             if not api.reached:
                 why = f"Garmin Connect is unreachable ({err})"
@@ -1871,15 +1988,16 @@ def counted_failure(entry: dict, outcome: dict) -> dict:
     return outcome
 
 
-def report(summary: RunSummary, store: ManifestStore) -> None:
+def report(summary: RunSummary, store: ManifestStore) -> str:
     """The closing line of a sync: this run's downloads, then what DEST holds in all."""
     counts = store.status_counts()
     aside = f", {counts['set_aside']} set aside" if counts["set_aside"] else ""
-    emit(
-        "info" if not summary.failed else "warning",
+    line = (
         f"{summary.downloaded} downloaded, {summary.failed} failed; files in {store.dest}: "
-        f"{counts['downloaded']}, activities without a file: {counts['no_file']}{aside}",
+        f"{counts['downloaded']}, activities without a file: {counts['no_file']}{aside}"
     )
+    emit("info" if not summary.failed else "warning", line)
+    return line
 
 
 # ---------------------------------------------------------------------------------------
@@ -2159,7 +2277,7 @@ def strava_pending(store: ManifestStore, since: dt.date) -> list[tuple[dict, int
     return sorted(todo, key=lambda item: (item[0]["start_local"], item[0]["id"], item[1]))
 
 
-def strava_step(settings: Settings, store: ManifestStore, _summary: RunSummary) -> int:
+def strava_step(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
     """Upload what is pending to Strava; a run with nothing to upload asks Strava nothing."""
     todo = strava_pending(store, strava_since(store, settings))
     if settings.dry_run:
@@ -2182,6 +2300,7 @@ def strava_step(settings: Settings, store: ManifestStore, _summary: RunSummary) 
         store.changes += 1
         store.flush()
         status = outcome["status"]
+        summary.uploaded += status == "uploaded"
         if status in ("failed", "processing"):
             failed += 1
             emit("warning", f"Strava upload of {path.name}: {outcome['error']}")
@@ -2277,6 +2396,236 @@ def receive_redirect(server: Any, received: list[str], wait: float = 600.0) -> s
 
 
 # ---------------------------------------------------------------------------------------
+# Watching: the report page DEST/garminsync.html, the metrics file for node_exporter, and
+# the pings a healthchecks.io-style service expects; all from the manifest and the run.
+
+REPORT_NAME = "garminsync.html"
+CHART_MONTHS = 36  # the activities-per-month chart covers the last three years
+CHART_TYPES = 6  # types with a colour of their own; the rest are "other"
+COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#9c9c9c")
+GARMIN_ACTIVITY = "https://connect.garmin.com/modern/activity/{id}"
+PING_TIMEOUT = 10.0
+PAGE_STYLE = """
+:root{color-scheme:light dark;--fg:#1d1d1f;--bg:#fff;--mute:#6e6e73;--line:#d2d2d7}
+@media (prefers-color-scheme:dark){:root{--fg:#f5f5f7;--bg:#1c1c1e;--mute:#a1a1a6;
+--line:#3a3a3c}}
+body{font:15px/1.45 system-ui,sans-serif;color:var(--fg);background:var(--bg);
+margin:0 auto;padding:1em;max-width:60em}
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
+.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%}
+td,th{padding:.25em .6em;border-bottom:1px solid var(--line);text-align:left;
+white-space:nowrap}td.n,th.n{text-align:right}.mute{color:var(--mute)}
+svg{width:100%;height:auto}svg text{fill:var(--mute);font-size:10px}
+a{color:inherit}.key span{display:inline-block;margin-right:1em}
+.key i{display:inline-block;width:.8em;height:.8em;margin-right:.3em}
+"""
+
+
+def esc(value: Any) -> str:
+    """Text from Garmin or the manifest, safe inside HTML text and attributes."""
+    import html  # noqa: PLC0415
+
+    return html.escape(printable(str(value)), quote=True)
+
+
+def hours(seconds: float) -> str:
+    """A duration as h:mm."""
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
+def html_table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """A table from cells that are already HTML; columns in `numeric` align right."""
+    cls = [' class="n"' if i in numeric else "" for i in range(len(head))]
+    out = ["<div class=scroll><table><tr>"]
+    out += [f"<th{cls[i]}>{cell}</th>" for i, cell in enumerate(head)] + ["</tr>"]
+    for row in rows:
+        out += ["<tr>"] + [f"<td{cls[i]}>{cell}</td>" for i, cell in enumerate(row)] + ["</tr>"]
+    return "".join(out + ["</table></div>"])
+
+
+def month_chart(entries: list[dict], this_month: str) -> str:
+    """Activities per month over the last CHART_MONTHS months, stacked by type, as SVG."""
+    year, month = int(this_month[:4]), int(this_month[5:7])
+    months = []
+    for back in range(CHART_MONTHS - 1, -1, -1):
+        y, m = divmod(year * 12 + month - 1 - back, 12)
+        months.append(f"{y:04d}-{m + 1:02d}")
+    counts: dict[str, dict[str, int]] = {m: {} for m in months}
+    totals: dict[str, int] = {}
+    for e in entries:
+        if e["start_local"][:7] in counts:
+            totals[e["type"]] = totals.get(e["type"], 0) + 1
+    shown = sorted(totals, key=lambda t: -totals[t])[:CHART_TYPES]
+    for e in entries:
+        if (month_counts := counts.get(e["start_local"][:7])) is not None:
+            kind = e["type"] if e["type"] in shown else "other"
+            month_counts[kind] = month_counts.get(kind, 0) + 1
+    kinds = shown + (["other"] if len(totals) > len(shown) else [])
+    top = max([sum(c.values()) for c in counts.values()] + [1])
+    width, height, bar = 720, 160, 720 / CHART_MONTHS
+    parts = [f'<svg viewBox="0 -4 {width} {height + 20}" role="img">']
+    for i, m in enumerate(months):
+        y = height
+        for k, kind in enumerate(kinds):
+            n = counts[m].get(kind, 0)
+            if n:
+                h = n / top * height
+                y -= h
+                parts.append(
+                    f'<rect x="{i * bar + 1:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" '
+                    f'height="{h:.1f}" fill="{COLOURS[k]}"><title>{m}: {n} {esc(kind)}'
+                    "</title></rect>"
+                )
+        if m.endswith("-01"):
+            parts.append(f'<text x="{i * bar + 1:.1f}" y="{height + 14}">{m[:4]}</text>')
+    parts.append("</svg><p class=key>")
+    parts += [f'<span><i style="background:{COLOURS[k]}"></i>{esc(kind)}</span>'
+              for k, kind in enumerate(kinds)]  # fmt: skip
+    return "".join(parts) + f"</p><p class=mute>highest month: {top} activities</p>"
+
+
+def year_totals(entries: list[dict]) -> list[list[str]]:
+    """Per year and type: count, distance and moving time, newest year first."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for e in entries:
+        total = sums.setdefault((e["start_local"][:4], e["type"]), [0, 0.0, 0.0])
+        total[0] += 1
+        total[1] += e["distance"] or 0
+        total[2] += e["moving_s"] or 0
+    rows = sorted(sums.items(), key=lambda item: (item[0][0], item[1][0]), reverse=True)
+    return [
+        [year, esc(kind), str(n), f"{metres / 1000:.1f}", hours(seconds)]
+        for (year, kind), (n, metres, seconds) in rows
+    ]
+
+
+def write_report(store: ManifestStore) -> Path:
+    """Write DEST/garminsync.html atomically from the manifest: one self-contained page,
+    no script, no request anywhere; returns its path."""
+    import shutil  # noqa: PLC0415
+
+    entries = [e for e in store.activities.values() if not store.is_listed_leg(e)]
+    counts = store.status_counts()
+    gone = sum(1 for e in entries if e["gone_since"])
+    size = sum(e["size"] or 0 for e in entries if e["status"] == "downloaded")
+    free = shutil.disk_usage(store.dest).free
+    runs = list(reversed(store.data["runs"] or []))[:20]
+    troubled = sorted(
+        (e for e in entries if e["status"] in ("failed", "set_aside")),
+        key=lambda e: e["start_local"],
+        reverse=True,
+    )
+    newest = sorted(entries, key=lambda e: (e["start_local"], e["id"]), reverse=True)[:50]
+
+    def activity_cells(e: dict) -> list[str]:
+        link = f'<a href="{GARMIN_ACTIVITY.format(id=int(e["id"]))}">{int(e["id"])}</a>'
+        file = (
+            f'<a href="{urllib.parse.quote(e["file"])}">file</a>'
+            if e["status"] == "downloaded" and e["file"]
+            else esc(STATUS_WORDS.get(e["status"], e["status"]))
+        )
+        distance = f"{e['distance'] / 1000:.1f}" if e["distance"] else ""
+        return [link, esc(e["start_local"][:16]), esc(e["type"]), esc(e["name"]), distance, file]
+
+    status_rows = [[esc(STATUS_WORDS.get(k, k)), str(n)] for k, n in counts.items()]
+    status_rows += [["gone from Garmin", str(gone)], ["size of the files", f"{size / 1e6:.1f} MB"]]
+    status_rows += [["free space in DEST", f"{free / 1e9:.1f} GB"]]
+    run_rows = [
+        [esc(str(r.get("started_at", ""))[:16].replace("T", " ")), esc(r.get("result", "")),
+         esc(r.get("downloaded", "")), esc(r.get("duration_s", "")), esc(r.get("error") or "")]
+        for r in runs
+    ]  # fmt: skip
+    trouble_rows = [
+        [esc(e["id"]), esc(e["start_local"][:10]), esc(STATUS_WORDS.get(e["status"], e["status"])),
+         esc(e["error"] or ""), esc(e["failures"])]
+        for e in troubled
+    ]  # fmt: skip
+    page = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        '<meta name=viewport content="width=device-width,initial-scale=1">',
+        f"<title>garminsync: {esc(store.dest)}</title><style>{PAGE_STYLE}</style></head><body>",
+        f"<h1>garminsync</h1><p class=mute>{esc(store.dest)}; written {esc(iso_now())}; "
+        f"last success {esc(store.data['last_success'] or 'never')}</p>",
+        "<h2>Activities</h2>",
+        html_table(["status", "activities"], status_rows, {1}),
+        "<h2>Activities per month</h2>",
+        month_chart(entries, iso_now()[:7]),
+        "<h2>Totals per year and type</h2>",
+        html_table(
+            ["year", "type", "activities", "km", "moving h"], year_totals(entries), {2, 3, 4}
+        ),  # fmt: skip
+        "<h2>Recent runs</h2>",
+        html_table(["started (UTC)", "result", "downloaded", "seconds", "error"], run_rows, {2, 3}),
+        "<h2>Failed or set aside</h2>",
+        html_table(["id", "date", "status", "why", "failed runs"], trouble_rows, {4})
+        if trouble_rows
+        else "<p>None.</p>",
+        "<h2>Newest activities</h2>",
+        html_table(
+            ["Garmin Connect", "start", "type", "name", "km", "file"],
+            [activity_cells(e) for e in newest],
+            {4},
+        ),  # fmt: skip
+        "</body></html>\n",
+    ]
+    path = store.dest / REPORT_NAME
+    atomic_write(path, "\n".join(page).encode("utf-8", "replace"))
+    return path
+
+
+def write_metrics(path: Path, store: ManifestStore, summary: RunSummary) -> None:
+    """Write node_exporter's textfile format atomically (temp file beside it, rename)."""
+
+    def seconds_of(stamp: str | None) -> float:
+        when = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ") if stamp else None
+        return when.replace(tzinfo=dt.timezone.utc).timestamp() if when else 0.0
+
+    run = store.data["last_run"] or {}
+    size = sum(e["size"] or 0 for e in store.activities.values() if e["status"] == "downloaded")
+    gauges = [
+        ("last_run_timestamp_seconds", "When the last sync ended.",
+         seconds_of(run.get("finished_at"))),
+        ("last_success_timestamp_seconds", "When the last sync that ended with exit 0 ended.",
+         seconds_of(store.data["last_success"])),
+        ("last_run_duration_seconds", "How long the last sync took.", run.get("duration_s", 0)),
+        ("last_run_exit_code", "The exit code of the last sync.", summary.exit_code),
+        ("last_run_downloaded", "Activities the last sync downloaded.", summary.downloaded),
+        ("last_run_requests", "Requests the last sync made to Garmin.", summary.requests),
+        ("dest_bytes", "Size of the activity files in DEST.", size),
+    ]  # fmt: skip
+    lines = []
+    for name, text, value in gauges:
+        lines += [f"# HELP garminsync_{name} {text}", f"# TYPE garminsync_{name} gauge"]
+        value = float(value or 0)
+        lines.append(f"garminsync_{name} {int(value) if value.is_integer() else value}")
+    lines += ["# HELP garminsync_activities Activities in the manifest, by status.",
+              "# TYPE garminsync_activities gauge"]  # fmt: skip
+    for status, n in store.status_counts().items():
+        lines.append(f'garminsync_activities{{status="{status}"}} {n}')
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
+
+
+def ping(url: str | None, suffix: str, body: str) -> None:
+    """Tell a healthchecks.io-style service: <url>/start, <url> on success, <url>/<exit code>
+    otherwise, with a line as the body. Short, tried twice; a failure is only a warning."""
+    if not url:
+        return
+    import urllib.request  # noqa: PLC0415
+
+    shown = "/".join(url.split("/")[:3]) + "/..."  # the URL itself is a secret
+    request = urllib.request.Request(url.rstrip("/") + suffix, redact(body)[:2000].encode())
+    for attempt in (1, 2):
+        try:
+            with time_budget(PING_TIMEOUT), urllib.request.urlopen(request, timeout=PING_TIMEOUT):
+                return
+        except (OSError, Deadline) as err:
+            if attempt == 2:
+                why = describe_failure(err, getattr(err, "code", None))
+                emit("warning", f"the ping to {shown} failed ({why}); the sync is not affected")
+
+
+# ---------------------------------------------------------------------------------------
 # Command line: what --list and --status print, --login, and main() with its exit codes.
 
 STATUS_WORDS = {"set_aside": "set aside", "no_file": "no file"}
@@ -2339,6 +2688,8 @@ def show_status(settings: Settings, store: ManifestStore) -> None:
         "gone_from_garmin": gone,
         "set_aside": [{"id": e["id"], "error": e["error"]} for e in set_aside],
         "last_run": store.data["last_run"],
+        "last_success": store.data["last_success"],
+        "runs": store.data["runs"] or [],
         "running_since": run_in_progress(store.dest),
         "token_store": str(token_file()),
         "session_saved": session_saved(),
@@ -2365,9 +2716,33 @@ def show_status(settings: Settings, store: ManifestStore) -> None:
         )
     else:
         print("last run:   none")
+    if status["runs"]:
+        print(f"history:    {runs_summary(status['runs'], store.data['last_success'])}")
     for e in set_aside:
         print(f"set aside:  {describe(e)}: {printable(e['error'] or '')}")
     print(f"session:    {'saved' if status['session_saved'] else 'none'} in {token_file()}")
+
+
+def runs_summary(runs: list[dict], last_success: str | None) -> str:
+    """'last 28 runs: 26 ok, 1 rate limited, 1 failed; last success 3 hours ago'."""
+    words: dict[str, int] = {}
+    for run in runs:
+        words[str(run.get("result"))] = words.get(str(run.get("result")), 0) + 1
+    counted = ", ".join(f"{n} {word}" for word, n in sorted(words.items(), key=lambda w: -w[1]))
+    return f"last {len(runs)} runs: {counted}; last success {time_ago(last_success)}"
+
+
+def time_ago(stamp: str | None) -> str:
+    """'3 hours ago' (or minutes, or days) for an ISO UTC time; 'never' for none."""
+    if not stamp:
+        return "never"
+    when = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    minutes = max(0, int((dt.datetime.now(dt.timezone.utc) - when).total_seconds() // 60))
+    for size, unit in ((1440, "day"), (60, "hour"), (1, "minute")):
+        if minutes >= size or unit == "minute":
+            n = minutes // size
+            return f"{n} {unit}{'' if n == 1 else 's'} ago"
+    return "just now"
 
 
 def cmd_login(settings: Settings) -> int:

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(300)  # the first install of the session counts
 
 DRIVER = Path(__file__).with_name("systemd_live_driver.py")
 REPO_FILES = ("Makefile", "garminsync.py", "garminsync.service", "garminsync.timer")
-REPO_FILES += ("garminsync.env",)
+REPO_FILES += ("garminsync.env", "garminsync.sh", "README.md")
 NAMESPACES = ("mnt", "cgroup", "pid")
 UNSHARE = ["unshare", "--mount", "--cgroup", "--pid", "--fork", "--mount-proc"]
 UNSHARE += ["--propagation", "private", "--kill-child"]
