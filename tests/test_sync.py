@@ -394,9 +394,12 @@ def test_unattended_run_that_needs_mfa_exits_3(garmin, run, bare_env, dest):
 def test_netrc_credentials_are_used_and_a_loose_netrc_is_warned_about(
     garmin, run, bare_env, tmp_path, dest
 ):
-    garmin.password = "correct-horse-battery-staple"  # noqa: S105 (Python 3.10's netrc reads
-    netrc = tmp_path / ".netrc"  # no quoted password with spaces; 3.11 and newer do)
-    netrc.write_text(f"machine connect.garmin.com login {garmin.email} password {garmin.password}\n")
+    # Python 3.10's netrc reads no quoted password with spaces (3.11 and newer do).
+    garmin.password = "correct-horse-battery-staple"  # noqa: S105
+    netrc = tmp_path / ".netrc"
+    netrc.write_text(
+        f"machine connect.garmin.com login {garmin.email} password {garmin.password}\n"
+    )
     netrc.chmod(0o644)
     result = run("--dest", dest, env=bare_env)
     assert result.returncode == 0, result.stderr
