@@ -82,7 +82,9 @@ UNITS := $(HOME)/.config/systemd/user
 CONF  := $(HOME)/.config/garminsync
 STATE := $(HOME)/.local/state/garminsync
 BIN   := $(HOME)/.local/bin
-DROPIN = $(UNITS)/garminsync.service.d/dest.conf
+# `make install PROFILE=NAME` prepares a profile (one more Garmin account) for the
+# template units garminsync@.service/.timer; with DEST=... the DEST is that profile's.
+DROPIN = $(UNITS)/garminsync$(if $(PROFILE),@$(PROFILE)).service.d/dest.conf
 # Talk to the user manager only if it is the one of this HOME: HOME=/tmp/x leaves yours be.
 MANAGER_HERE = systemctl --user show-environment 2>/dev/null | grep -qxF 'HOME=$(HOME)'
 
@@ -90,15 +92,21 @@ MANAGER_HERE = systemctl --user show-environment 2>/dev/null | grep -qxF 'HOME=$
 
 install:
 	$(if $(HOME),,$(error HOME is not set))$(if $(word 2,$(DEST)),$(error DEST has a space))
+	$(if $(PROFILE),$(if $(shell echo '$(PROFILE)' | grep -xE '[A-Za-z0-9][A-Za-z0-9_.-]{0,31}'),,$(error PROFILE must be letters, digits, . _ or -)))
 	$(if $(DEST),$(if $(filter /%,$(DEST)),,$(error DEST must be an absolute path, e.g. /mnt/nas/fit)))
 	$(APP)/venv/bin/python -c '' 2>/dev/null || $(PYTHON) -m venv --clear $(APP)/venv
 	$(APP)/venv/bin/python -m pip install --quiet --disable-pip-version-check '$(DEPS)'
 	install -D -m 0644 garminsync.py $(APP)/garminsync.py
 	install -D -m 0644 README.md $(APP)/README.md
 	install -D -m 0755 garminsync.sh $(BIN)/garminsync
-	install -D -m 0644 -t $(UNITS) garminsync.service garminsync.timer
+	install -D -m 0644 -t $(UNITS) garminsync.service garminsync.timer \
+	  garminsync@.service garminsync@.timer
 	install -d -m 0700 $(CONF) $(STATE)
 	test -e $(CONF)/env || install -m 0600 garminsync.env $(CONF)/env
+ifneq ($(PROFILE),)
+	install -d -m 0700 $(STATE)/$(PROFILE)
+	test -e $(CONF)/$(PROFILE).env || install -m 0600 garminsync.env $(CONF)/$(PROFILE).env
+endif
 ifneq ($(DEST),)
 	mkdir -p $(abspath $(DEST)) $(dir $(DROPIN))
 	printf '%s\n' '# Written by `make install DEST=...`.' '[Service]' \
@@ -108,10 +116,10 @@ endif
 	if $(MANAGER_HERE); then systemctl --user daemon-reload; fi
 	@echo
 	@echo 'Installed in $(APP), and the command $(BIN)/garminsync. Next:'
-	@echo '  $(BIN)/garminsync --login'
+	@echo '  $(BIN)/garminsync$(if $(PROFILE), --profile $(PROFILE)) --login'
 	@echo '      log in once (MFA too); the session is saved in $(STATE)'
-	@echo '  systemctl --user enable --now garminsync.timer'
-	@echo '      sync every 6 hours to $(or $(abspath $(DEST)),~/fit (or the DEST installed before))'
+	@echo '  systemctl --user enable --now garminsync$(if $(PROFILE),@$(PROFILE)).timer'
+	@echo '      sync every 6 hours to $(or $(abspath $(DEST)),~/fit$(if $(PROFILE),/$(PROFILE)) (or the DEST installed before))'
 	@echo '  loginctl enable-linger $$USER'
 	@echo '      keep the timer running while you are logged out'
 	@echo '  journalctl --user -t garminsync'
@@ -122,13 +130,15 @@ endif
 
 uninstall:
 	$(if $(HOME),,$(error HOME is not set))
-	if $(MANAGER_HERE); then systemctl --user stop garminsync.timer garminsync.service || :; fi
+	if $(MANAGER_HERE); then systemctl --user stop garminsync.timer garminsync.service \
+	  'garminsync@*.timer' 'garminsync@*.service' || :; fi
 	rm -f $(UNITS)/garminsync.service $(UNITS)/garminsync.timer $(DROPIN) $(BIN)/garminsync \
-	  $(UNITS)/timers.target.wants/garminsync.timer \
-	  $(HOME)/.local/share/systemd/timers/stamp-garminsync.timer
+	  $(UNITS)/garminsync@.service $(UNITS)/garminsync@.timer $(UNITS)/garminsync@*.service.d/dest.conf \
+	  $(UNITS)/timers.target.wants/garminsync.timer $(UNITS)/timers.target.wants/garminsync@*.timer \
+	  $(HOME)/.local/share/systemd/timers/stamp-garminsync*.timer
 	rm -rf $(APP)
-	if cmp -s garminsync.env $(CONF)/env; then rm $(CONF)/env; fi
-	rmdir $(dir $(DROPIN)) $(UNITS)/timers.target.wants $(CONF) 2>/dev/null || :
+	for f in $(CONF)/env $(CONF)/*.env; do if cmp -s garminsync.env "$$f"; then rm "$$f"; fi; done
+	rmdir $(dir $(DROPIN)) $(UNITS)/garminsync@*.service.d $(UNITS)/timers.target.wants $(CONF) 2>/dev/null || :
 	if $(MANAGER_HERE); then systemctl --user daemon-reload && \
 	  systemctl --user reset-failed garminsync.service garminsync.timer 2>/dev/null || :; fi
 	@echo 'Uninstalled. Kept: the FIT files, the session in $(STATE), an env file you edited.'

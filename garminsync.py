@@ -233,20 +233,20 @@ NETRC_MACHINES = ("garmin.com", "connect.garmin.com", "sso.garmin.com")
 
 def this_command() -> str:
     """'python garminsync.py', the installed command (which says its name in
-    $GARMINSYNC_COMMAND), or the interpreter and path this copy was started with."""
+    $GARMINSYNC_COMMAND), or the interpreter and path this copy was started with; with
+    the profile this run uses."""
+    command = "python garminsync.py"
     if os.environ.get("GARMINSYNC_COMMAND"):
-        return os.environ["GARMINSYNC_COMMAND"]
-    if sys.argv[0].endswith(".py") and sys.argv[0] != "garminsync.py":
-        return f"{sys.executable} {Path(sys.argv[0]).resolve()}"
-    return "python garminsync.py"
+        command = os.environ["GARMINSYNC_COMMAND"]
+    elif sys.argv[0].endswith(".py") and sys.argv[0] != "garminsync.py":
+        command = f"{sys.executable} {Path(sys.argv[0]).resolve()}"
+    profile = os.environ.get("GARMINSYNC_PROFILE")
+    return f"{command} --profile {profile}" if profile and "--profile" not in command else command
 
 
 def run_hint(flag: str) -> str:
     """'run `python garminsync.py --login` once', naming the command as it was started."""
     return f"run `{this_command()} {flag}` once"
-
-
-LOGIN_HINT = run_hint("--login")
 
 
 @dataclasses.dataclass
@@ -269,6 +269,9 @@ class Settings:
     stale_after: dt.timedelta = dt.timedelta(days=3)  # then temporary trouble fails the run
     metrics_file: Path | None = None
     ping_url: str | None = None
+    types: tuple[str, ...] = ()  # Garmin typeKeys to keep (each with its sub-types); all if none
+    also: tuple[str, ...] = ()  # formats to keep besides the original: gpx, tcx, json
+    profile: str | None = None
 
 
 class Parser(argparse.ArgumentParser):
@@ -340,7 +343,12 @@ OPTIONS = [  # flag, argparse keywords
     ("--strava", dict(action="store_true", help="with --missing: upload new files to Strava")),
     ("--strava-since", dict(type=iso_date, metavar="YYYY-MM-DD", help="Strava start date")),
     ("--metrics-file", dict(metavar="PATH", help="write metrics for node_exporter there")),
+    ("--type", dict(dest="types", metavar="KEY,...", help="only these activity types")),
+    ("--also", dict(metavar="FORMAT,...", help="keep gpx, tcx and/or json beside originals")),
+    ("--profile", dict(metavar="NAME", help="a Garmin account of its own: DEST, session...")),
 ]
+EXPORT_FORMATS = ("gpx", "tcx", "json")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 
 def env_switch(name: str) -> bool:
@@ -364,8 +372,8 @@ def build_parser() -> Parser:
     action.add_argument(
         "--list",
         dest="list_filter",
-        choices=("all", "missing", "downloaded"),
-        help="print activities: id, start, type, name, status",
+        choices=("all", "missing", "downloaded", "types"),
+        help="print activities: id, start, type, name, status (types: each type, its count)",
     )
     for flag, const, text in ACTIONS:
         action.add_argument(flag, dest="action", action="store_const", const=const, help=text)
@@ -381,8 +389,14 @@ def parse_settings(argv: list[str]) -> Settings:
     """The command line and environment as Settings; usage errors exit 2 with one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    profile = args.profile or os.environ.get("GARMINSYNC_PROFILE") or None
+    if profile:
+        if not PROFILE_NAME.fullmatch(profile):
+            parser.error(f"profile {profile[:40]!r} is not a name of letters, digits, . _ or -")
+        use_profile(profile)
     action = "list" if args.list_filter else (args.action or "missing")
     strava_env = env_switch("GARMINSYNC_STRAVA")
+    also = word_list(args.also or os.environ.get("GARMINSYNC_ALSO", ""))
     problems = [
         (
             args.offline and action not in ("list", "status", "report"),
@@ -397,6 +411,7 @@ def parse_settings(argv: list[str]) -> Settings:
         (args.retry_failed and action != "missing", "--retry-failed goes with --missing"),
         (args.verbose and args.quiet, "-v and -q exclude each other"),
         (args.since and args.until and args.since > args.until, "--since is after --until"),
+        (bool(set(also) - set(EXPORT_FORMATS)), "--also takes gpx, tcx and json"),
     ]
     for bad, message in problems:
         if bad:
@@ -422,7 +437,30 @@ def parse_settings(argv: list[str]) -> Settings:
         stale_after=env_duration("GARMINSYNC_STALE_AFTER", dt.timedelta(days=3)),
         metrics_file=Path(metrics_file).expanduser() if metrics_file else None,
         ping_url=env_url("GARMINSYNC_PING_URL"),
+        types=word_list(args.types or os.environ.get("GARMINSYNC_TYPES", "")),
+        also=also,
+        profile=profile,
     )
+
+
+def word_list(text: str) -> tuple[str, ...]:
+    """'running, cycling' as ('running', 'cycling')."""
+    return tuple(word for word in (w.strip().lower() for w in text.split(",")) if word)
+
+
+def use_profile(name: str) -> None:
+    """A profile's defaults: its settings file ~/.config/garminsync/NAME.env, then DEST
+    ~/fit/NAME and the session ~/.local/state/garminsync/NAME; what the environment or the
+    command line says still wins."""
+    settings_file = Path.home() / ".config" / "garminsync" / f"{name}.env"
+    with contextlib.suppress(FileNotFoundError):
+        for line in settings_file.read_text(encoding="utf-8").splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                os.environ.setdefault(key, value.strip().strip('"'))
+    os.environ["GARMINSYNC_PROFILE"] = name  # for the hints this run gives
+    os.environ.setdefault("GARMINSYNC_DEST", str(Path.home() / "fit" / name))
+    os.environ.setdefault("GARMINTOKENS", str(Path.home() / ".local/state/garminsync" / name))
 
 
 def env_duration(name: str, default: dt.timedelta) -> dt.timedelta:
@@ -668,6 +706,7 @@ ENTRY: dict[str, tuple[type, Any]] = {
     "failures": (int, 0),  # runs in a row whose download of it failed
     "first_failure": (str, None),  # when the first of those runs was
     "gone_since": (str, None),  # when a full listing found it deleted on Garmin
+    "exports": (dict, None),  # --also: {format: "saved" | "none" | "failed: why"}
     "strava": (dict, None),  # the upload of the file to Strava, as STRAVA_UPLOAD
     "strava_legs": (list, None),  # of a multisport original: one STRAVA_UPLOAD (or null) a leg
 }
@@ -688,6 +727,9 @@ MANIFEST_FIELDS: dict[str, tuple[type, Any]] = {
     "strava_since": (str, None),  # 'YYYY-MM-DD': uploads start with activities of this day
     "runs": (list, None),  # the last RUNS_KEPT runs, oldest first, as RunSummary.as_json
     "last_success": (str, None),  # ISO UTC time the last sync that ended with exit 0 ended
+    # Garmin's table of activity types, kept for --type: {"fetched_at": ISO UTC time,
+    # "parents": {typeKey: the parent's typeKey or null}}
+    "activity_types": (dict, None),
 }
 RUNS_KEPT = 100
 
@@ -727,6 +769,9 @@ def clean_entry(key: str, value: Any, problems: list[str]) -> dict | None:
     if entry["legs"] and not (2 <= entry["legs"] <= MAX_LEGS and entry["file"]):
         problems.append(f"{key}.legs")
         entry["legs"] = 0
+    if entry["exports"] and not all(isinstance(v, str) for v in entry["exports"].values()):
+        problems.append(f"{key}.exports")
+        entry["exports"] = None
     entry["strava"] = clean_upload(entry["strava"], f"{key}.strava", problems)
     if entry["strava_legs"] is not None:
         where = f"{key}.strava_legs"
@@ -786,6 +831,15 @@ def parse_manifest(text: str) -> dict:
     manifest = {"version": MANIFEST_VERSION, "activities": activities}
     manifest.update(clean_fields(data, MANIFEST_FIELDS, "manifest", problems))
     manifest["runs"] = [run for run in manifest["runs"] or [] if isinstance(run, dict)]
+    types = manifest["activity_types"] or {}
+    parents = types.get("parents")
+    if types and not (
+        isinstance(types.get("fetched_at"), str)
+        and isinstance(parents, dict)
+        and all(isinstance(p, str) or p is None for p in parents.values())
+    ):
+        problems.append("manifest.activity_types")
+        manifest["activity_types"] = None
     if problems:
         shown = ", ".join(p[:60] for p in problems[:5]) + (", ..." if len(problems) > 5 else "")
         emit("warning", f"manifest fields of the wrong type were reset: {shown}")
@@ -803,6 +857,7 @@ class ManifestStore:
         self.data.update({field: default for field, (_, default) in MANIFEST_FIELDS.items()})
         self.changes = 0  # since the last write
         self.edits = 0  # changes to the activities since the manifest was loaded
+        self.types: set[str] | None = None  # the typeKeys --type covers; None: every type
         self.flushed_at = time.monotonic()
 
     @property
@@ -929,6 +984,7 @@ def newest_first(store: ManifestStore, settings: Settings, statuses: tuple) -> l
     (a multisport leg listed on its own goes with its parent)."""
     chosen = [e for e in store.activities.values() if e["status"] in statuses]
     chosen = [e for e in chosen if in_range(e, settings) and not store.is_listed_leg(e)]
+    chosen = [e for e in chosen if store.types is None or e["type"] in store.types]
     return sorted(chosen, key=lambda e: (e["start_local"], e["id"]), reverse=True)
 
 
@@ -1085,7 +1141,9 @@ def garth_seam(home: str, timeout: float) -> Seam | None:
     try:
         garth.resume(home)
     except Exception as err:
-        raise Fatal(EXIT_AUTH, f"cannot resume the garth session in {home} ({err}); {LOGIN_HINT}")
+        raise Fatal(
+            EXIT_AUTH, f"cannot resume the garth session in {home} ({err}); {run_hint('--login')}"
+        )
     client = garth.client
     with contextlib.suppress(Exception):  # garminsync paces and retries; garth must not
         client.configure(timeout=int(timeout), retries=0)
@@ -1136,7 +1194,9 @@ def garminconnect_seam(tokens: str, timeout: float) -> Seam:
     try:
         client.loads(tokens)
     except Exception:
-        raise Fatal(EXIT_AUTH, f"the saved session in {token_file()} is unusable; {LOGIN_HINT}")
+        raise Fatal(
+            EXIT_AUTH, f"the saved session in {token_file()} is unusable; {run_hint('--login')}"
+        )
     keep_one_connection(client)
     extra = {"timeout": (10, min(30.0, timeout))}
     return Seam(client, extra, client.dumps, save_tokens, takes_hooks=True)
@@ -1182,7 +1242,7 @@ def login(interactive: bool, problem: str = "") -> str:
     if not (email_addr and password):
         if interactive:
             raise Fatal(EXIT_AUTH, "no password given; run --login again and type it")
-        raise Fatal(EXIT_AUTH, f"{problem} and no credentials; {LOGIN_HINT}")
+        raise Fatal(EXIT_AUTH, f"{problem} and no credentials; {run_hint('--login')}")
     client = garminconnect_client()
     from garminconnect.exceptions import (  # noqa: PLC0415
         GarminConnectAuthenticationError,
@@ -1196,7 +1256,7 @@ def login(interactive: bool, problem: str = "") -> str:
         client.login(email_addr, password, prompt_mfa=ask_mfa)
     except GarminConnectAuthenticationError as err:
         if "MFA" in str(err):
-            raise Fatal(EXIT_AUTH, f"Garmin asks for a one-time code (MFA); {LOGIN_HINT}")
+            raise Fatal(EXIT_AUTH, f"Garmin asks for a one-time code (MFA); {run_hint('--login')}")
         raise Fatal(EXIT_AUTH, f"Garmin refused the login ({err}); check the email and password")
     except GarminConnectTooManyRequestsError:
         raise Fatal(EXIT_TEMPFAIL, "Garmin is rate limiting logins; try again in an hour")
@@ -1369,7 +1429,8 @@ class GarminAPI:
                 continue
             if kind == "session_refused":
                 raise Fatal(
-                    EXIT_AUTH, f"Garmin refused the saved session (HTTP {status}); {LOGIN_HINT}"
+                    EXIT_AUTH,
+                    f"Garmin refused the saved session (HTTP {status}); {run_hint('--login')}",
                 )
             reason = describe_failure(attempt.error, status)
             if kind == "not_found":
@@ -1502,7 +1563,8 @@ def listed_id(value: Any) -> int | None:
 
 
 def list_page(api: GarminAPI, start: int, limit: int, settings: Settings) -> tuple[list, int]:
-    """One page of the newest-first list: the usable records, and how many items it held."""
+    """One page of the newest-first list: (record, Garmin's entry) for each usable item, and
+    how many items it held."""
     params: dict[str, Any] = {"start": start, "limit": limit}
     if settings.since:
         params["startDate"] = settings.since.isoformat()
@@ -1514,7 +1576,8 @@ def list_page(api: GarminAPI, start: int, limit: int, settings: Settings) -> tup
         raise ListingFailed(f"the activity list failed: {err}") from err
     if not isinstance(answer, list):
         raise ListingFailed(f"the activity list answered with {type(answer).__name__}, not a list")
-    records = [record for record in map(activity_record, answer) if record is not None]
+    records = [(activity_record(raw), raw) for raw in answer]
+    records = [(record, raw) for record, raw in records if record is not None]
     if skipped := len(answer) - len(records):
         emit("warning", f"skipped {skipped} listed activities without a usable id or start time")
     return records, len(answer)
@@ -1530,6 +1593,62 @@ def fetch_count(api: GarminAPI) -> int:
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:
         raise ListingFailed("the activity count answer holds no totalCount")
     return total
+
+
+TYPES_PATH = "/activity-service/activity/activityTypes"
+TYPES_REFRESH_EVERY = dt.timedelta(days=7)
+
+
+def type_table(answer: Any) -> dict[str, str | None]:
+    """Garmin's table of activity types as {typeKey: the parent's typeKey, or None}."""
+    if not isinstance(answer, list):
+        raise ListingFailed("the table of activity types is not a list")
+    rows = [
+        row
+        for row in answer
+        if isinstance(row, dict)
+        and type(row.get("typeId")) is int
+        and isinstance(row.get("typeKey"), str)
+    ]
+    key_of = {row["typeId"]: row["typeKey"] for row in rows}
+    return {row["typeKey"]: key_of.get(row.get("parentTypeId")) for row in rows}
+
+
+def refresh_type_table(api: GarminAPI, store: ManifestStore) -> None:
+    """Fetch Garmin's table of types for --type: when there is none, or it is a week old."""
+    kept = store.data["activity_types"] or {}
+    if kept and kept["fetched_at"] >= iso_now(-TYPES_REFRESH_EVERY):
+        return
+    try:
+        parents = type_table(api.get_json(TYPES_PATH))
+    except (RequestFailed, ListingFailed) as err:
+        if not kept:
+            raise ListingFailed(f"the table of activity types failed: {err}") from err
+        emit("warning", f"the table of activity types failed ({err}); using the one kept")
+        return
+    store.data["activity_types"] = {"fetched_at": iso_now(), "parents": parents}
+    store.changes += 1
+
+
+def covered_types(keys: tuple[str, ...], store: ManifestStore) -> set[str] | None:
+    """Every typeKey the --type keys cover, each with its sub-types (running takes
+    trail_running...); None for no filter. An unknown key stops the run with exit 2."""
+    if not keys:
+        return None
+    parents = (store.data["activity_types"] or {}).get("parents") or {}
+    known = set(parents) | {e["type"] for e in store.activities.values()}
+    for key in keys:
+        if key not in known:
+            import difflib  # noqa: PLC0415
+
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+            hint = f"; the closest: {', '.join(close)}" if close else ""
+            where = "`--list types` shows yours" if parents else "a sync with --type learns them"
+            raise Fatal(EXIT_USAGE, f"unknown activity type {key!r}{hint} ({where})")
+    covered = set(keys)
+    while more := {key for key, parent in parents.items() if parent in covered} - covered:
+        covered |= more
+    return covered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1577,11 +1696,13 @@ def walk_list(api: GarminAPI, store: ManifestStore, settings: Settings, plan: Li
     while True:
         records, held = list_page(api, start, limit, settings)
         before = len(walk.seen)
-        for record in records:
+        for record, raw in records:
             walk.seen.add(record["id"])
             walk.new += store.merge_listed(record)
+            if "json" in settings.also and store.writable:
+                keep_json_summary(store, store.activities[str(record["id"])], raw)
         if records:
-            oldest = min(record["start_local"] for record in records)
+            oldest = min(record["start_local"] for record, _ in records)
             while passed < len(known) and known[passed][0] > oldest:
                 passed += 1
             walk.deleted = {i for _, i in known[:passed] if i not in walk.seen}
@@ -1737,6 +1858,88 @@ def fetch_original(api: GarminAPI, dest: Path, record: dict) -> dict:
     }
 
 
+EXPORT_PATHS = {
+    "gpx": "/download-service/export/gpx/activity/{id}",
+    "tcx": "/download-service/export/tcx/activity/{id}",
+}
+EXPORT_ROOTS = {"gpx": "gpx", "tcx": "TrainingCenterDatabase"}  # the documents' root elements
+
+
+def export_name(entry: dict, fmt: str) -> str:
+    """gpx/activity_<id>_<start>.gpx: a folder per format, so that an export never takes the
+    name of an original that is itself a .gpx or .tcx, nor is taken for one."""
+    return f"{fmt}/{activity_filename(entry, fmt)}"
+
+
+def keep_export(store: ManifestStore, entry: dict, fmt: str, outcome: str) -> None:
+    """Record what became of one export: 'saved', 'none' (Garmin has none) or 'failed: why'."""
+    entry["exports"] = {**(entry["exports"] or {}), fmt: outcome}
+    store.edited()
+
+
+def keep_json_summary(store: ManifestStore, entry: dict, raw: dict) -> None:
+    """--also json: the activity's entry as Garmin listed it, once, written atomically."""
+    if (entry["exports"] or {}).get("json") != "saved":
+        path = store.dest / export_name(entry, "json")
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, json.dumps(raw, indent=1, ensure_ascii=False).encode("utf-8", "replace"))
+        keep_export(store, entry, "json", "saved")
+
+
+def check_export(fmt: str, data: bytes) -> None:
+    """The export is the XML document it should be, not an HTML error page."""
+    import xml.etree.ElementTree as ElementTree  # noqa: PLC0415
+
+    try:
+        root = ElementTree.fromstring(data)
+    except ElementTree.ParseError as err:
+        raise BadArchive(f"the {fmt.upper()} export is not XML ({err})") from err
+    if root.tag.rsplit("}", 1)[-1] != EXPORT_ROOTS[fmt]:
+        raise BadArchive(f"the {fmt.upper()} export is a <{root.tag[:40]}> document")
+
+
+def fetch_export(api: GarminAPI, dest: Path, entry: dict, fmt: str) -> str:
+    """Keep one export (GPX or TCX) of one activity; returns what the manifest records."""
+    path = dest / export_name(entry, fmt)
+    if entry["manual"]:
+        return "none"
+    if path.exists():  # kept before the manifest was rebuilt
+        return "saved"
+    try:
+        data = api.get_bytes(EXPORT_PATHS[fmt].format(id=int(entry["id"])))
+        check_export(fmt, data)
+    except NotFound:
+        return "none"
+    except (RequestFailed, BadArchive) as err:
+        return f"failed: {err}"
+    path.parent.mkdir(exist_ok=True)
+    atomic_write(path, data)
+    return "saved"
+
+
+def export_pending(api: GarminAPI, store: ManifestStore, settings: Settings) -> None:
+    """The --also GPX and TCX exports still missing, newest first, for at most --limit
+    activities a run; a failed export is retried next run and fails nothing else."""
+    formats = [fmt for fmt in settings.also if fmt in EXPORT_PATHS]
+
+    def missing(entry: dict) -> list[str]:
+        done = entry["exports"] or {}
+        return [fmt for fmt in formats if done.get(fmt) not in ("saved", "none")]
+
+    todo = newest_first(store, settings, ("downloaded", "no_file"))
+    todo = [entry for entry in todo if not entry["gone_since"] and missing(entry)]
+    for entry in todo[: settings.limit]:
+        for fmt in missing(entry):
+            outcome = fetch_export(api, store.dest, entry, fmt)
+            keep_export(store, entry, fmt, outcome)
+            store.flush()
+            if outcome.startswith("failed"):
+                emit(
+                    "warning",
+                    f"{fmt.upper()} of {describe(entry)}: {outcome[8:]}; tried again next run",
+                )
+
+
 # ---------------------------------------------------------------------------------------
 # The sync run: lock DEST, load the manifest, the Garmin step (discover, then download),
 # the Strava step, and what a run records and says at the end.
@@ -1791,6 +1994,8 @@ def cmd_sync(settings: Settings) -> int:
             remove_stale_temp_files(settings.dest)
         store.load()
         store.adopt_files_on_disk()
+        if offline or settings.action == "strava-only":  # else the Garmin step checks them
+            store.types = covered_types(settings.types, store)
         summary = RunSummary(action=settings.action)
         syncing = settings.action in ("missing", "strava-only") and store.writable
         if syncing:
@@ -1915,6 +2120,9 @@ def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -
     api = GarminAPI(open_seam(settings), settings)
     try:
         try:
+            if settings.types:
+                refresh_type_table(api, store)
+                store.types = covered_types(settings.types, store)
             walk = discover(api, store, settings)
             summary.new, summary.listed = walk.new, len(walk.seen)
         except ListingFailed as err:
@@ -1926,6 +2134,8 @@ def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -
         store.flush()
         if settings.action == "missing":
             download_pending(api, store, settings, summary)
+            if not settings.dry_run:
+                export_pending(api, store, settings)
     finally:
         summary.requests = api.requests
     if summary.failed and not api.reached:
@@ -2011,7 +2221,6 @@ STRAVA_SCOPE = "activity:write,activity:read_all"
 STRAVA_POLL_FOR = 60.0  # seconds to wait for Strava to process one upload, then next run
 STRAVA_RESERVE = 5  # requests left unused in every rate-limit window
 STRAVA_ATTEMPTS = 3  # uploads Strava rejected are tried this often in all
-STRAVA_LOGIN_HINT = run_hint("--strava-login")
 STRAVA_INACTIVE = (
     "Strava refused the API application (HTTP 403): since 2026-06-30 Strava API applications "
     "need a Strava subscription; check the application's status at "
@@ -2041,7 +2250,7 @@ def save_strava_tokens(answer: dict) -> dict:
     """Keep what a token answer says, atomically and 0600, before the tokens are used."""
     tokens = {key: answer.get(key) for key in ("access_token", "refresh_token", "expires_at")}
     if not all(isinstance(v, (str, int)) and v for v in tokens.values()):
-        raise Fatal(EXIT_AUTH, f"Strava's token answer is incomplete; {STRAVA_LOGIN_HINT}")
+        raise Fatal(EXIT_AUTH, f"Strava's token answer is incomplete; {run_hint('--strava-login')}")
     add_secret(tokens["access_token"])
     add_secret(tokens["refresh_token"])
     save_in_token_store(strava_token_file(), json.dumps(tokens))
@@ -2056,7 +2265,7 @@ def load_strava_tokens() -> dict:
             add_secret(tokens[key])
         return tokens
     except (OSError, ValueError, KeyError, TypeError):
-        raise Fatal(EXIT_AUTH, f"no usable Strava authorisation; {STRAVA_LOGIN_HINT}")
+        raise Fatal(EXIT_AUTH, f"no usable Strava authorisation; {run_hint('--strava-login')}")
 
 
 def multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[bytes, str]:
@@ -2120,7 +2329,7 @@ class StravaAPI:
                     raise Fatal(EXIT_AUTH, STRAVA_INACTIVE)
                 if err.code == 401 or (err.code == 400 and not auth):
                     why = f"Strava refused the authorisation (HTTP {err.code})"
-                    raise Fatal(EXIT_AUTH, f"{why}; {STRAVA_LOGIN_HINT}")
+                    raise Fatal(EXIT_AUTH, f"{why}; {run_hint('--strava-login')}")
                 if err.code == 429 or err.code >= 500:
                     why = f"Strava is {'rate limiting' if err.code == 429 else 'failing'}"
                     raise Fatal(EXIT_TEMPFAIL, f"{why} (HTTP {err.code}); the next run goes on")
@@ -2267,6 +2476,8 @@ def strava_pending(store: ManifestStore, since: dt.date) -> list[tuple[dict, int
     todo = []
     for entry in store.activities.values():
         if entry["id"] not in on_disk or entry["start_local"][:10] < since.isoformat():
+            continue
+        if store.types is not None and entry["type"] not in store.types:
             continue
         first, _, legs = on_disk[entry["id"]]
         for leg in range(1, legs + 1) if legs else (0,):
@@ -2652,6 +2863,9 @@ def show_list(settings: Settings, store: ManifestStore) -> None:
         "downloaded": ("downloaded",),
         "missing": ("pending", "failed", "set_aside"),
     }
+    if settings.list_filter == "types":
+        show_types(settings, store)
+        return
     rows = newest_first(store, settings, wanted[settings.list_filter])
     if settings.json:
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
@@ -2673,6 +2887,21 @@ def show_list(settings: Settings, store: ManifestStore) -> None:
             f"{e['id']:>12}  {e['start_local']}  {column(e['type'], 20)}  "
             f"{column(printable(e['name']), 40)}  {status}"
         )
+
+
+def show_types(settings: Settings, store: ManifestStore) -> None:
+    """--list types: every activity type in the manifest, with its count, most first."""
+    counts: dict[str, int] = {}
+    for entry in store.activities.values():
+        if not store.is_listed_leg(entry):
+            counts[entry["type"]] = counts.get(entry["type"], 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    if settings.json:
+        json.dump(dict(ranked), sys.stdout, indent=1, ensure_ascii=False)
+        print()
+        return
+    for type_key, n in ranked:
+        print(f"{n:>7}  {printable(type_key)}")
 
 
 def show_status(settings: Settings, store: ManifestStore) -> None:

@@ -3,6 +3,10 @@
 # runs have (the DEST `make install` was given, the session folder, the env file), so a
 # command typed by hand sees the same DEST and session as the service.
 app="$HOME/.local/share/garminsync"
+case " $* ${GARMINSYNC_PROFILE:+--profile} " in
+*" --profile"*) # a profile's settings are its own: garminsync.py reads them
+    GARMINSYNC_COMMAND="$0" exec "$app/venv/bin/python" "$app/garminsync.py" "$@" ;;
+esac
 dropin="$HOME/.config/systemd/user/garminsync.service.d/dest.conf"
 GARMINSYNC_DEST="$HOME/fit"
 if [ -r "$dropin" ]; then
