@@ -1976,38 +1976,26 @@ class RunSummary:
 
 
 def cmd_sync(settings: Settings) -> int:
-    """--missing, --strava-only, --list, --status and --report: lock DEST unless only reading
-    it, run the steps unless offline, then show the list, the status or the closing line."""
+    """--missing, --strava-only, --list, --status and --report: open DEST as the command
+    needs it (dest_access), run the steps, then show the list, the status or the page."""
     check_dest_is_a_folder(settings.dest)
-    offline = settings.offline or settings.action == "report"
-    if settings.action in ("list", "status") and not offline and run_in_progress(settings.dest):
+    running = settings.action in ("list", "status") and run_in_progress(settings.dest)
+    if running and not settings.offline:
         emit("notice", "a sync is running on this DEST: showing the manifest as it last saved it")
-        offline = True
-    reading = offline or (settings.dry_run and not settings.dest.is_dir())
-    if not reading:
+    network, writes = dest_access(settings, bool(running))
+    if writes:
         prepare_dest(settings.dest)
     elif not settings.dest.exists():
         emit("warning", f"{settings.dest} does not exist (yet): nothing has been saved there")
-    with contextlib.nullcontext() if reading else dest_lock(settings.dest):
-        store = ManifestStore(settings.dest, writable=not (settings.dry_run or offline))
-        if store.writable:
+    with dest_lock(settings.dest) if writes else contextlib.nullcontext():
+        store = ManifestStore(settings.dest, writable=writes)
+        if writes:
             remove_stale_temp_files(settings.dest)
         store.load()
         store.adopt_files_on_disk()
-        if offline or settings.action == "strava-only":  # else the Garmin step checks them
+        if not network or settings.action == "strava-only":  # else the Garmin step does it
             store.types = covered_types(settings.types, store)
-        summary = RunSummary(action=settings.action)
-        syncing = settings.action in ("missing", "strava-only") and store.writable
-        if syncing:
-            ping(settings.ping_url, "/start", f"garminsync {settings.action} started")
-        try:
-            code = EXIT_OK if offline else run_steps(settings, store, summary)
-        finally:  # an interrupted run is reported too (further signals are ignored by now)
-            if syncing:
-                closing = ""
-                if settings.action == "missing" and summary.exit_code in (EXIT_OK, EXIT_PARTIAL):
-                    closing = report(summary, store)
-                after_the_run(settings, store, summary, summary.error or closing)
+        code = run_and_tell(settings, store) if network else EXIT_OK
     if settings.action == "list":
         show_list(settings, store)
     elif settings.action == "status":
@@ -2015,6 +2003,31 @@ def cmd_sync(settings: Settings) -> int:
     elif settings.action == "report":
         print(write_report(store))
     return code
+
+
+def dest_access(settings: Settings, sync_running: bool) -> tuple[bool, bool]:
+    """Whether a command asks Garmin (or Strava) and whether it writes DEST (and so holds its
+    lock). Offline, --report, and --list/--status during a sync only read the manifest; a
+    dry run asks but writes nothing."""
+    reads_only = settings.offline or settings.action == "report" or sync_running
+    return not reads_only, not (reads_only or settings.dry_run)
+
+
+def run_and_tell(settings: Settings, store: ManifestStore) -> int:
+    """Run the steps; a sync also pings at its start, and at its end says its closing line
+    and tells what watches it (after_the_run), interrupted or not."""
+    summary = RunSummary(action=settings.action)
+    syncing = settings.action in ("missing", "strava-only") and store.writable
+    if syncing:
+        ping(settings.ping_url, "/start", f"garminsync {settings.action} started")
+    try:
+        return run_steps(settings, store, summary)
+    finally:  # further stop signals are ignored by now
+        if syncing:
+            closing = ""
+            if settings.action == "missing" and summary.exit_code in (EXIT_OK, EXIT_PARTIAL):
+                closing = report(summary, store)
+            after_the_run(settings, store, summary, summary.error or closing)
 
 
 def after_the_run(settings: Settings, store: ManifestStore, summary: RunSummary, line: str) -> None:
