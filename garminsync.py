@@ -1985,6 +1985,8 @@ def cmd_sync(settings: Settings) -> int:
     network, writes = dest_access(settings, bool(running))
     if writes:
         prepare_dest(settings.dest)
+    elif settings.action == "report" and not settings.dest.is_dir():
+        raise Fatal(EXIT_USAGE, f"{settings.dest} does not exist: nothing to report yet")
     elif not settings.dest.exists():
         emit("warning", f"{settings.dest} does not exist (yet): nothing has been saved there")
     with dest_lock(settings.dest) if writes else contextlib.nullcontext():
@@ -2005,6 +2007,11 @@ def cmd_sync(settings: Settings) -> int:
     return code
 
 
+def is_sync(settings: Settings, store: ManifestStore) -> bool:
+    """Whether this run is a sync that the history records and pings tell of."""
+    return settings.action in ("missing", "strava-only") and store.writable
+
+
 def dest_access(settings: Settings, sync_running: bool) -> tuple[bool, bool]:
     """Whether a command asks Garmin (or Strava) and whether it writes DEST (and so holds its
     lock). Offline, --report, and --list/--status during a sync only read the manifest; a
@@ -2017,7 +2024,7 @@ def run_and_tell(settings: Settings, store: ManifestStore) -> int:
     """Run the steps; a sync also pings at its start, and at its end says its closing line
     and tells what watches it (after_the_run), interrupted or not."""
     summary = RunSummary(action=settings.action)
-    syncing = settings.action in ("missing", "strava-only") and store.writable
+    syncing = is_sync(settings, store)
     if syncing:
         ping(settings.ping_url, "/start", f"garminsync {settings.action} started")
     try:
@@ -2055,11 +2062,16 @@ def run_steps(settings: Settings, store: ManifestStore, summary: RunSummary) -> 
     the manifest and the run's summary are saved whatever happens."""
     try:
         summary.exit_code = run_each_step(settings, store, summary)
-        if summary.exit_code == EXIT_TEMPFAIL and (since := trouble_since(store, settings)):
+        summary.result = result_word(summary.exit_code, summary.error)
+        syncing = is_sync(settings, store)
+        if (
+            syncing
+            and summary.exit_code == EXIT_TEMPFAIL
+            and (since := trouble_since(store, settings))
+        ):
             line = f"no successful sync since {since}; this run: {summary.error}"
             emit("error", line)
             summary.exit_code, summary.error = EXIT_PARTIAL, line
-        summary.result = result_word(summary.exit_code, summary.error)
     except Interrupted as stop:
         summary.result, summary.error = "interrupted", signal.Signals(stop.signum).name
         summary.exit_code = EXIT_SIGNAL_BASE + stop.signum
@@ -2116,7 +2128,7 @@ def trouble_since(store: ManifestStore, settings: Settings) -> str | None:
 def save_run(settings: Settings, store: ManifestStore, summary: RunSummary) -> None:
     """Record the run in the manifest's history and write it; the files are safe if that
     fails."""
-    if settings.action in ("missing", "strava-only") and store.writable:
+    if is_sync(settings, store):
         run = summary.as_json()
         store.data["last_run"] = run
         store.data["runs"] = [*(store.data["runs"] or [])[-(RUNS_KEPT - 1) :], run]
@@ -3012,6 +3024,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except Fatal as err:
         emit(fatal_level(err), str(err))
+        if settings and settings.action in ("missing", "strava-only") and not settings.dry_run:
+            if err.code != EXIT_TEMPFAIL:  # DEST unusable, say: a sync that never began
+                ping(settings.ping_url, f"/{err.code}", str(err))
         return err.code
     except Interrupted as stop:
         syncing = settings is not None and settings.action in ("missing", "strava-only")

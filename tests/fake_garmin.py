@@ -48,6 +48,7 @@ KNOWN_HOSTS = (
     "sso.garmin.com",
     "connect.garmin.com",
     "www.strava.com",
+    "hc-ping.com",
     "localhost",
 )
 DI_CLIENT_ID = "GARMIN_CONNECT_MOBILE_ANDROID_DI_2025Q2"
@@ -58,8 +59,12 @@ ZIP_TYPE = "application/x-zip-compressed"
 # Web-login fallbacks of garminconnect; answered 429 so its 3-20 s anti-WAF sleeps never run.
 BLOCKED_SSO_PATHS = ("/sso/embed", "/sso/signin", "/portal/sso/", "/portal/api/login")
 
-# typeKey -> (typeId, parentTypeId): a subset of Garmin's activity type table.
+# typeKey -> (typeId, parentTypeId): a subset of Garmin's activity type table, as
+# /activity-service/activity/activityTypes lists it (ids seen in public code that calls it:
+# gravel_cycling 143, virtual_ride 152, indoor_rowing 32; the others as Garmin numbers them
+# where known, else plausible). "all" is the root: every top-level type's parent.
 ACTIVITY_TYPES: dict[str, tuple[int, int]] = {
+    "all": (17, 0),
     "running": (1, 17),
     "cycling": (2, 17),
     "hiking": (3, 17),
@@ -76,6 +81,17 @@ ACTIVITY_TYPES: dict[str, tuple[int, int]] = {
     "fitness_equipment": (29, 17),
     "open_water_swimming": (28, 26),
     "multi_sport": (89, 17),
+    "street_running": (7, 1),
+    "track_running": (8, 1),
+    "cyclocross": (19, 2),
+    "downhill_biking": (20, 2),
+    "track_cycling": (21, 2),
+    "recumbent_cycling": (22, 2),
+    "elliptical": (30, 29),
+    "stair_climbing": (31, 29),
+    "indoor_rowing": (32, 29),
+    "gravel_cycling": (143, 2),
+    "virtual_ride": (152, 2),
 }
 _TYPE_KEY_BY_ID = {type_id: key for key, (type_id, _) in ACTIVITY_TYPES.items()}
 
@@ -178,6 +194,22 @@ def make_activity(
     }
     activity.update(overrides)
     return activity
+
+
+def activity_type_table() -> list[dict[str, Any]]:
+    """GET /activity-service/activity/activityTypes: Garmin's whole table of activity types,
+    one row per type (python-garminconnect's get_activity_types reads this path)."""
+    return [
+        {
+            "typeId": type_id,
+            "typeKey": key,
+            "parentTypeId": parent_id,
+            "isHidden": False,
+            "restricted": False,
+            "trimmable": key != "all",
+        }
+        for key, (type_id, parent_id) in ACTIVITY_TYPES.items()
+    ]
 
 
 def _sort_key(activity: dict[str, Any]) -> tuple[str, int]:
@@ -552,6 +584,7 @@ class FakeGarmin:
         self.access_expired = False
         self.on_request: Callable[[str, str, dict[str, str]], None] | None = None
         self.strava: Any = None  # a fake_strava.FakeStrava answers www.strava.com when set
+        self.pings: Any = None  # a fake_ping.FakePings answers hc-ping.com when set
         self.unreachable: set[str] = set()  # hosts the proxy answers 502 for, like a DNS failure
         # Garmin's count minus what its list holds. Whether the count takes in multisport
         # legs, or items the list shows without a usable id, is not documented: tests set
@@ -882,6 +915,8 @@ class FakeGarmin:
             return self._sso(req)
         if req.host == "www.strava.com" and self.strava is not None:
             return self.strava.handle(req)
+        if req.host == "hc-ping.com" and self.pings is not None:
+            return self.pings.handle(req)
         return json_reply({"message": "Not Found"}, 404)
 
     def _connectapi(self, req: Request) -> Reply:
@@ -896,6 +931,10 @@ class FakeGarmin:
             return self._count()
         if m := re.fullmatch(r"/download-service/files/activity/(\d+)", path):
             return self._download(int(m.group(1)))
+        if m := re.fullmatch(r"/download-service/export/(gpx|tcx)/activity/(\d+)", path):
+            return self._export(m.group(1), int(m.group(2)))
+        if path == "/activity-service/activity/activityTypes":
+            return json_reply(activity_type_table())
         if path == "/userprofile-service/socialProfile":
             return json_reply(self._social_profile())
         if path == "/userprofile-service/userprofile/user-settings":
@@ -950,6 +989,22 @@ class FakeGarmin:
             return json_reply({"message": f"Activity {activity_id} has no original file"}, 404)
         disposition = {"Content-Disposition": f'attachment; filename="{activity_id}.zip"'}
         return Reply(200, zipped, ZIP_TYPE, disposition, chunked=True)
+
+    def _export(self, fmt: str, activity_id: int) -> Reply:
+        """Garmin's GPX or TCX export: the XML document itself (not zipped), made from the
+        activity's recording; 404 when there is no recording (a manual entry)."""
+        with self._lock:
+            act = next((a for a in self.activities if a["activityId"] == activity_id), None)
+            recorded = activity_id in self.originals or activity_id in self.multisport
+        if act is None or act.get("manualActivity") or not recorded:
+            return json_reply({"message": f"Activity {activity_id} has no track to export"}, 404)
+        if fmt == "gpx":
+            start = datetime.fromisoformat(act["startTimeGMT"])
+            # Garmin writes its own GPX (creator "Garmin Connect"), even of a GPX upload
+            doc = gpx_document(start).replace(b'"fake_garmin"', b'"Garmin Connect"', 1)
+            return Reply(200, doc, "application/gpx+xml")
+        doc = tcx_document(act["startTimeLocal"]).encode()
+        return Reply(200, doc, "application/vnd.garmin.tcx+xml")
 
     def _social_profile(self) -> dict[str, Any]:
         return {
