@@ -1636,6 +1636,9 @@ def covered_types(keys: tuple[str, ...], store: ManifestStore) -> set[str] | Non
     if not keys:
         return None
     parents = (store.data["activity_types"] or {}).get("parents") or {}
+    if not parents:
+        why = "Garmin's table of activity types is not known here yet"
+        raise Fatal(EXIT_USAGE, f"{why}: run a sync with --type once, then this")
     known = set(parents) | {e["type"] for e in store.activities.values()}
     for key in keys:
         if key not in known:
@@ -1643,8 +1646,7 @@ def covered_types(keys: tuple[str, ...], store: ManifestStore) -> set[str] | Non
 
             close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
             hint = f"; the closest: {', '.join(close)}" if close else ""
-            where = "`--list types` shows yours" if parents else "a sync with --type learns them"
-            raise Fatal(EXIT_USAGE, f"unknown activity type {key!r}{hint} ({where})")
+            raise Fatal(EXIT_USAGE, f"unknown activity type {key!r}{hint} (see --list types)")
     covered = set(keys)
     while more := {key for key, parent in parents.items() if parent in covered} - covered:
         covered |= more
@@ -1699,7 +1701,8 @@ def walk_list(api: GarminAPI, store: ManifestStore, settings: Settings, plan: Li
         for record, raw in records:
             walk.seen.add(record["id"])
             walk.new += store.merge_listed(record)
-            if "json" in settings.also and store.writable:
+            wanted = store.types is None or record["type"] in store.types
+            if "json" in settings.also and store.writable and wanted:
                 keep_json_summary(store, store.activities[str(record["id"])], raw)
         if records:
             oldest = min(record["start_local"] for record, _ in records)
@@ -1879,8 +1882,8 @@ def keep_export(store: ManifestStore, entry: dict, fmt: str, outcome: str) -> No
 
 def keep_json_summary(store: ManifestStore, entry: dict, raw: dict) -> None:
     """--also json: the activity's entry as Garmin listed it, once, written atomically."""
-    if (entry["exports"] or {}).get("json") != "saved":
-        path = store.dest / export_name(entry, "json")
+    path = store.dest / export_name(entry, "json")
+    if (entry["exports"] or {}).get("json") != "saved" or not path.exists():
         path.parent.mkdir(exist_ok=True)
         atomic_write(path, json.dumps(raw, indent=1, ensure_ascii=False).encode("utf-8", "replace"))
         keep_export(store, entry, "json", "saved")
@@ -1924,7 +1927,12 @@ def export_pending(api: GarminAPI, store: ManifestStore, settings: Settings) -> 
 
     def missing(entry: dict) -> list[str]:
         done = entry["exports"] or {}
-        return [fmt for fmt in formats if done.get(fmt) not in ("saved", "none")]
+        kept = [
+            f
+            for f in formats
+            if done.get(f) == "saved" and (store.dest / export_name(entry, f)).exists()
+        ]
+        return [f for f in formats if done.get(f) != "none" and f not in kept]
 
     todo = newest_first(store, settings, ("downloaded", "no_file"))
     todo = [entry for entry in todo if not entry["gone_since"] and missing(entry)]
@@ -2144,10 +2152,13 @@ def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -
     """Discover new activities, then download what is pending; returns the exit code."""
     api = GarminAPI(open_seam(settings), settings)
     try:
-        try:
-            if settings.types:
+        if settings.types:
+            try:
                 refresh_type_table(api, store)
-                store.types = covered_types(settings.types, store)
+            except ListingFailed as err:  # without it no sub-type is known: download nothing
+                raise Fatal(EXIT_TEMPFAIL, f"{err}; --type needs it, the next run tries again")
+            store.types = covered_types(settings.types, store)
+        try:
             walk = discover(api, store, settings)
             summary.new, summary.listed = walk.new, len(walk.seen)
         except ListingFailed as err:
