@@ -117,13 +117,13 @@ endif
 	@echo
 	@echo 'Installed in $(APP), and the command $(BIN)/garminsync. Next:'
 	@echo '  $(BIN)/garminsync$(if $(PROFILE), --profile $(PROFILE)) --login'
-	@echo '      log in once (MFA too); the session is saved in $(STATE)'
+	@echo '      log in once (MFA too); the session is saved in $(STATE)$(if $(PROFILE),/$(PROFILE))'
 	@echo '  systemctl --user enable --now garminsync$(if $(PROFILE),@$(PROFILE)).timer'
 	@echo '      sync every 6 hours to $(or $(abspath $(DEST)),~/fit$(if $(PROFILE),/$(PROFILE)) (or the DEST installed before))'
 	@echo '  loginctl enable-linger $$USER'
 	@echo '      keep the timer running while you are logged out'
 	@echo '  journalctl --user -t garminsync'
-	@echo '      the log (-p warning: problems only); settings in $(CONF)/env'
+	@echo '      the log (-p warning: problems only); settings in $(CONF)/$(if $(PROFILE),$(PROFILE).env,env)'
 	@systemctl --user show-environment >/dev/null 2>&1 || { echo; \
 	  echo 'Note: no systemd user manager answers here (WSL, a container, some NAS):'; \
 	  echo 'the timer cannot run. Use cron instead: see "Without systemd" in README.md.'; }

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-UNIT_FILES = ("garminsync.service", "garminsync.timer")
+UNIT_FILES = ("garminsync.service", "garminsync.timer", "garminsync@.service", "garminsync@.timer")
 # What a fresh Debian or Ubuntu has on PATH: python3 is the system's, not a pyenv shim.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables that would let `make install` reach the developer's own user manager, or

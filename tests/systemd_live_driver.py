@@ -40,6 +40,15 @@ UNITS = HOME / ".config/systemd/user"
 VENV_PY = HOME / ".local/share/garminsync/venv/bin/python"
 MARKER = "/tmp/garminsync-live-marker"  # noqa: S108 (in the namespace's own tmpfs)
 NAS = Path("/mnt/nas/fit")
+BACKUP = Path("/mnt/backup")  # the rclone remote "backup:" (an alias of this local folder)
+# The README's recipe for a second copy after each run, as a drop-in of garminsync.service
+# (the test puts in the path `shutil.which` finds, in case it is not /usr/bin).
+RCLONE_DROPIN = (
+    "[Service]\n"
+    "ExecStartPost=/usr/bin/rclone sync ${GARMINSYNC_DEST} backup:fit"
+    " --config %h/.config/rclone/rclone.conf\n"
+    "ReadWritePaths=/mnt/backup\n"
+)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP = Path("/sys/fs/cgroup")
 MANAGER_CGROUP = CGROUP / f"user.slice/user-{UID}.slice/user@{UID}.service"
@@ -125,16 +134,18 @@ RUN_PROPS = (
 )
 
 
-def wait_for_run(previous: str, timeout: float = 20) -> dict[str, str]:
-    """Wait until garminsync.service finished a run other than `previous` (InvocationID)."""
+def wait_for_run(
+    previous: str, timeout: float = 20, unit: str = "garminsync.service"
+) -> dict[str, str]:
+    """Wait until the unit finished a run other than `previous` (InvocationID)."""
     deadline = time.monotonic() + timeout
     while True:
-        props = show("garminsync.service", *RUN_PROPS)
+        props = show(unit, *RUN_PROPS)
         done = props["ActiveState"] in ("inactive", "failed")
         if props["InvocationID"] not in ("", previous) and done:
             return props
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no new run of garminsync.service within {timeout}s: {props}")
+            raise TimeoutError(f"no new run of {unit} within {timeout}s: {props}")
         time.sleep(0.05)
 
 
@@ -151,12 +162,12 @@ def journal(pid: str) -> list[dict[str, str]]:
     return [{"PRIORITY": e.get("PRIORITY"), "MESSAGE": e.get("MESSAGE")} for e in lines]
 
 
-def start_service() -> dict[str, Any]:
-    """`systemctl --user start garminsync.service` (waits: Type=oneshot); what came of it."""
-    before = show("garminsync.service", "InvocationID")["InvocationID"]
+def start_service(unit: str = "garminsync.service") -> dict[str, Any]:
+    """`systemctl --user start UNIT` (waits: Type=oneshot); what came of it."""
+    before = show(unit, "InvocationID")["InvocationID"]
     began = time.monotonic()
-    started = systemctl("start", "garminsync.service", check=False, timeout=60)
-    props = wait_for_run(before)
+    started = systemctl("start", unit, check=False, timeout=60)
+    props = wait_for_run(before, unit=unit)
     return outcome(props, began, start_rc=started.returncode)
 
 
@@ -335,15 +346,28 @@ def scenario(fake: FakeGarmin, ids: list[int], seen: dict[str, Any]) -> None:
     (UNITS / "garminsync.service.d/probe.conf").unlink()
     systemctl("daemon-reload")
 
+    # 1b. The README's rclone drop-in keeps a second copy after each run (in steps 1b-3).
+    rclone = shutil.which("rclone")
+    seen["rclone"] = rclone
+    if rclone:
+        rclone_backup(rclone, seen)
+
     # 2. Rate limited for an hour: exit 75, logged, the unit does not fail.
     fake.add_fault(r"^/activitylist-service/", status(429, {"Retry-After": "3600"}), times=None)
+    gone = drop_a_backup_file()
     seen["rate_limited"] = start_service()
     fake.clear_faults()
+    seen["rate_limited"]["backup_restored"] = backup_restored(gone)
 
     # 3. Garmin refuses the session: exit 3, the unit fails.
     fake.add_fault(r"^/", status(401), times=None, host="connectapi.garmin.com")
+    gone = drop_a_backup_file()
     seen["auth_refused"] = start_service()
     fake.clear_faults()
+    seen["auth_refused"]["backup_restored"] = backup_restored(gone)
+    if rclone:
+        (UNITS / "garminsync.service.d/rclone.conf").unlink()
+        systemctl("daemon-reload")
 
     # 4. A DEST outside the sandbox's writable paths, set in the env file: exit 2, says why.
     NAS.mkdir(parents=True)
@@ -403,6 +427,145 @@ def scenario(fake: FakeGarmin, ids: list[int], seen: dict[str, Any]) -> None:
         "invocation_unchanged": show("garminsync.service", "InvocationID")["InvocationID"]
         == seen["catch_up"]["props"]["InvocationID"],
         "next_elapse_s": next_elapse,
+    }
+
+    # 8. Two profiles (two Garmin accounts) with the template units, each in its own folders.
+    profiles(fake, ids, seen)
+
+
+def rclone_backup(rclone: str, seen: dict[str, Any]) -> None:
+    """Add the README's rclone drop-in; run the service; compare the copy with DEST."""
+    BACKUP.mkdir()
+    os.chown(BACKUP, UID, UID)
+    # The remote "backup:" is a local folder; an alias keeps `backup:fit` as in the README.
+    conf = f"[backup]\ntype = alias\nremote = {BACKUP}\n"
+    write(HOME / ".config/rclone/rclone.conf", conf, 0o600)
+    write(
+        UNITS / "garminsync.service.d/rclone.conf",
+        RCLONE_DROPIN.replace("/usr/bin/rclone", rclone),
+    )
+    systemctl("daemon-reload")
+    run_ = seen["rclone_run"] = start_service()
+    run_["post"] = exec_start_post()
+    dest, copy = HOME / "fit", BACKUP / "fit"
+    names = sorted(p.name for p in dest.iterdir())
+    seen["backup"] = {
+        "dest_names": names,
+        "backup_names": sorted(p.name for p in copy.iterdir()) if copy.is_dir() else [],
+        "differ": [
+            n
+            for n in names
+            if not (copy / n).is_file() or (copy / n).read_bytes() != (dest / n).read_bytes()
+        ],
+    }
+
+
+def exec_start_post() -> dict[str, Any]:
+    """The ExecStartPost= of the last run of garminsync.service: systemd's record of it
+    ("code=exited ; status=0" once it ran and exited 0, "pid=0" if it did not run), and the
+    journal of its process."""
+    raw = show("garminsync.service", "ExecStartPost")["ExecStartPost"]
+    pid = next((f.split("=")[1] for f in raw.split(" ; ") if f.startswith("pid=")), "0")
+    return {"raw": raw, "journal": journal(pid) if pid != "0" else []}
+
+
+def drop_a_backup_file() -> Path | None:
+    """Remove one activity file from the rclone copy: the next ExecStartPost= brings it back."""
+    copy = BACKUP / "fit"
+    victim = next(iter(sorted(copy.glob("activity_*"))), None) if copy.is_dir() else None
+    if victim:
+        victim.unlink()
+    return victim
+
+
+def backup_restored(victim: Path | None) -> dict[str, Any] | None:
+    if victim is None:
+        return None
+    return {"file": victim.name, "back": victim.exists(), "post": exec_start_post()}
+
+
+def profiles(fake: FakeGarmin, ids: list[int], seen: dict[str, Any]) -> None:
+    """`make install PROFILE=alice` and `PROFILE=bob`; bob runs, then alice with the probe
+    as an ExecStartPre= (bob's folders exist by then)."""
+    found: dict[str, Any] = {}
+    ca = HOME / ".config/garminsync/ca.pem"
+    proxy = fake.proxy_url
+    for name in ("alice", "bob"):
+        cmd = ["make", "--no-print-directory", "-C", str(SRC), "install", f"PROFILE={name}"]
+        began = time.monotonic()
+        done = as_user(cmd, timeout=300)
+        env_file = HOME / f".config/garminsync/{name}.env"
+        found[name] = {
+            "install_seconds": round(time.monotonic() - began, 2),
+            "install_output": done.stdout,
+            "env_file_mode": oct(env_file.stat().st_mode & 0o777),
+            "state_mode": oct((STATE / name).stat().st_mode & 0o777),
+        }
+        write(env_file, env_file.read_text() + "GARMINSYNC_DELAY=0\n", 0o600)
+        fake.seed_tokens(STATE / name)
+    log(f"make install PROFILE=...: {[found[n]['install_seconds'] for n in found]}s")
+    run(["chown", "-R", f"{UID}:{UID}", str(STATE)])
+    write(
+        UNITS / "garminsync@.service.d/fake-garmin.conf",
+        "[Service]\n"
+        f"Environment=HTTPS_PROXY={proxy} https_proxy={proxy}\n"
+        f"Environment=REQUESTS_CA_BUNDLE={ca} SSL_CERT_FILE={ca} CURL_CA_BUNDLE={ca}\n",
+    )
+    # In alice's sandbox: may it write in its own folders, bob's, the plain unit's?
+    others = " ".join(str(p) for p in profile_folders().values())
+    write(
+        UNITS / "garminsync@alice.service.d/probe.conf",
+        f"[Service]\nExecStartPre={VENV_PY} {HOME}/probe.py %h/.local/state/garminsync/%i/"
+        f"probe.json {HOME} {RUNTIME_DIR} %h/fit/%i %h/.local/state/garminsync/%i {MARKER} "
+        f"{others}\n",
+    )
+    write(UNITS / "garminsync@.timer.d/test.conf", PROMPT_TIMER + "OnActiveSec=1s\n")
+    systemctl("daemon-reload")
+
+    # One after the other, each from its timer (which keeps the finished instance loaded:
+    # without a reference, an inactive instance is unloaded and its results with it).
+    for name in ("bob", "alice"):
+        found[name]["dest_existed_before"] = (HOME / "fit" / name).exists()
+        found[name]["run"] = profile_timer_run(name)
+    probe_file = STATE / "alice/probe.json"
+    if probe_file.exists():
+        found["alice"]["probe"] = probe = json.loads(probe_file.read_text())
+        probe["write_folders"] = {
+            label: probe["write_folders"].get(str(path))
+            for label, path in profile_folders().items()
+        }
+    for name in ("alice", "bob"):
+        dest = HOME / "fit" / name
+        found[name]["dest"] = files_in(dest)
+        found[name]["originals_equal"] = {
+            str(i): any(
+                p.name.startswith(f"activity_{i}_") and p.read_bytes() == fake.original(i)
+                for p in (dest.iterdir() if dest.is_dir() else [])
+            )
+            for i in ids
+        }
+    seen["profiles"] = found
+    log(f"profiles: alice {found['alice']['run']['props']}, bob {found['bob']['run']['props']}")
+
+
+def profile_timer_run(name: str) -> dict[str, Any]:
+    """Enable garminsync@NAME.timer (it elapses after 1 s); the run of its service."""
+    unit = f"garminsync@{name}.service"
+    began = time.monotonic()
+    before = show(unit, "InvocationID")["InvocationID"]
+    systemctl("enable", "--now", f"garminsync@{name}.timer")
+    finished = outcome(wait_for_run(before, unit=unit), began)
+    systemctl("stop", f"garminsync@{name}.timer")
+    return finished
+
+
+def profile_folders() -> dict[str, Path]:
+    """What alice's probe tries to write in, besides her own DEST and session folder."""
+    return {
+        "~/fit": HOME / "fit",  # the plain unit's DEST
+        "~/fit/bob": HOME / "fit/bob",
+        "~/.local/state/garminsync": STATE,  # the plain unit's session
+        "~/.local/state/garminsync/bob": STATE / "bob",
     }
 
 

@@ -1,10 +1,12 @@
 """What a process may do, as JSON: run inside garminsync.service's sandbox and outside it.
 
-    python systemd_probe.py OUT HOME RUNTIME_DIR DEST STATE TMP_MARKER
+    python systemd_probe.py OUT HOME RUNTIME_DIR DEST STATE TMP_MARKER [FOLDER...]
 
 test_systemd_live.py runs it as an ExecStartPre= of garminsync.service (same sandbox as the
 script) and as a plain unit of the same user manager (the control), then compares. Each
 check is "ok" when the operation worked, else the errno name, or a value read from /proc.
+Each further FOLDER gets a write check of its own, under "write_folders" (a profile's
+instance of garminsync@.service must not write in another profile's folders).
 Standard library only; it must run with the installed venv's python.
 """
 
@@ -117,7 +119,9 @@ def block_devices() -> int:
     return count
 
 
-def probe(home: Path, runtime_dir: Path, dest: Path, state: Path, marker: str) -> dict:
+def probe(
+    home: Path, runtime_dir: Path, dest: Path, state: Path, marker: str, folders: list[str]
+) -> dict:
     keyctl, ioprio_get = SYSCALLS.get(platform.machine(), (None, None))
     result: dict = {
         "write": {
@@ -130,6 +134,10 @@ def probe(home: Path, runtime_dir: Path, dest: Path, state: Path, marker: str) -
             "run_user": attempt(lambda: create_and_remove(runtime_dir / ".probe")),
             "run_lock": attempt(lambda: create_and_remove(Path("/run/lock/.probe"))),
             "tmp": attempt(lambda: create_and_remove(Path("/tmp/.probe"))),  # noqa: S108
+        },
+        "write_folders": {
+            folder: attempt(lambda f=folder: create_and_remove(Path(f) / ".probe"))
+            for folder in folders
         },
         "tmp_marker_visible": os.path.exists(marker),
         "setuid_bit": attempt(lambda: setuid_bit(dest)),
@@ -163,7 +171,7 @@ def probe(home: Path, runtime_dir: Path, dest: Path, state: Path, marker: str) -
 
 def main() -> int:
     out, home, runtime_dir, dest, state, marker = sys.argv[1:7]
-    data = probe(Path(home), Path(runtime_dir), Path(dest), Path(state), marker)
+    data = probe(Path(home), Path(runtime_dir), Path(dest), Path(state), marker, sys.argv[7:])
     Path(out).write_text(json.dumps(data, indent=1))
     return 0
 

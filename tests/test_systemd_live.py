@@ -30,6 +30,7 @@ pytestmark = pytest.mark.timeout(300)  # the first install of the session counts
 
 DRIVER = Path(__file__).with_name("systemd_live_driver.py")
 REPO_FILES = ("Makefile", "garminsync.py", "garminsync.service", "garminsync.timer")
+REPO_FILES += ("garminsync@.service", "garminsync@.timer")
 REPO_FILES += ("garminsync.env", "garminsync.sh", "README.md")
 NAMESPACES = ("mnt", "cgroup", "pid")
 UNSHARE = ["unshare", "--mount", "--cgroup", "--pid", "--fork", "--mount-proc"]
@@ -335,3 +336,94 @@ def test_sandbox_has_its_own_namespaces_and_keyring(live: dict[str, Any]) -> Non
     assert control["block_devices"] > 0 or control["kmsg_visible"]
     if "session_keyring" in sandbox:  # KeyringMode=private
         assert sandbox["session_keyring"] != control["session_keyring"]
+
+
+# ---------------------------------------------------------------------------------------
+# A second copy with rclone: the README's ExecStartPost= drop-in, in the real sandbox.
+
+
+def rclone_ran(post: dict[str, Any]) -> bool:
+    """Whether systemd's record of the last ExecStartPost= says it ran and exited 0."""
+    return "code=exited ; status=0 " in post["raw"]
+
+
+def test_rclone_drop_in_keeps_a_copy_of_dest(live: dict[str, Any]) -> None:
+    if part(live, "rclone") is None:
+        pytest.fail("rclone is not installed: apt-get install rclone (.ci/run does)", pytrace=False)
+    run = part(live, "rclone_run")
+    assert (run["props"]["Result"], run["props"]["ExecMainStatus"]) == ("success", "0"), run
+    assert rclone_ran(run["post"]), run["post"]
+    backup = part(live, "backup")
+    assert backup["backup_names"] == backup["dest_names"], backup
+    assert backup["differ"] == [], "the copy differs from DEST"  # byte for byte
+    fit = [name for name in backup["backup_names"] if name.endswith(".fit")]
+    assert len(fit) == len(live["ids"]), backup
+
+
+def test_rclone_runs_after_success_and_tempfail_but_not_after_a_failure(
+    live: dict[str, Any],
+) -> None:
+    if part(live, "rclone") is None:
+        pytest.fail("rclone is not installed: apt-get install rclone (.ci/run does)", pytrace=False)
+    limited = part(live, "rate_limited")["backup_restored"]  # exit 75: SuccessExitStatus=
+    refused = part(live, "auth_refused")["backup_restored"]  # exit 3: the unit fails
+    assert limited and refused, "the rclone copy had no activity file to take away"
+    assert limited["back"] and rclone_ran(limited["post"]), limited
+    assert not refused["back"], refused
+    assert "pid=0 " in refused["post"]["raw"], refused["post"]
+
+
+# ---------------------------------------------------------------------------------------
+# Two profiles with the template units garminsync@.service/.timer.
+
+PROFILES = ("alice", "bob")
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_make_install_profile(live: dict[str, Any], name: str) -> None:
+    profile = part(live, "profiles")[name]
+    output = profile["install_output"]
+    assert f"garminsync --profile {name} --login" in output
+    assert f"systemctl --user enable --now garminsync@{name}.timer" in output
+    assert profile["env_file_mode"] == "0o600"
+    assert profile["state_mode"] == "0o700"
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_each_profile_syncs_into_its_own_dest(live: dict[str, Any], name: str) -> None:
+    profile = part(live, "profiles")[name]
+    run = profile["run"]
+    assert (run["props"]["Result"], run["props"]["ExecMainStatus"]) == ("success", "0"), run
+    assert not profile["dest_existed_before"]  # the instance's ExecStartPre= made ~/fit/NAME
+    assert all(profile["originals_equal"].values()), profile["originals_equal"]
+    fit = [n for n in profile["dest"] if n.endswith(".fit")]
+    assert len(fit) == len(live["ids"]), profile["dest"]
+    # Its own manifest and lock, in its own DEST; the lock the user's alone (UMask=0077).
+    assert "garminsync.json" in profile["dest"]
+    assert profile["dest"][".garminsync.lock"][0] == "0o600"
+    said = messages(run["journal"])
+    assert len([m for m in said if m.startswith("saved activity_")]) == len(live["ids"]), said
+    assert any(f"/fit/{name}:" in m for m in said), said
+
+
+def test_a_profile_writes_only_in_its_own_folders(live: dict[str, Any]) -> None:
+    probe = part(live, "profiles")["alice"].get("probe")
+    assert probe, "the probe did not run in garminsync@alice.service"
+    assert probe["write"]["dest"] == "ok"  # ~/fit/alice
+    assert probe["write"]["token_store"] == "ok"  # ~/.local/state/garminsync/alice
+    # bob's DEST and session, the plain unit's DEST and session: all read-only for alice.
+    assert probe["write_folders"] == {
+        "~/fit": "EROFS",
+        "~/fit/bob": "EROFS",
+        "~/.local/state/garminsync": "EROFS",
+        "~/.local/state/garminsync/bob": "EROFS",
+    }
+
+
+@pytest.mark.parametrize(("check", "inside", "outside"), ENFORCED, ids=[e[0] for e in ENFORCED])
+def test_template_sandbox_is_enforced(
+    live: dict[str, Any], check: str, inside: Any, outside: Any
+) -> None:
+    probe = part(live, "profiles")["alice"].get("probe")
+    assert probe, "the probe did not run in garminsync@alice.service"
+    assert probe_value(probe, check) == inside

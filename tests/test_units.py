@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -46,12 +47,16 @@ NOT_ENFORCED_IN_USER_MANAGER = (
 )
 
 
-def unit_settings(path: Path) -> dict[str, list[str]]:
-    """Key -> values of a unit file (keys may repeat; sections are not told apart)."""
+def unit_settings(path: Path, section: str | None = None) -> dict[str, list[str]]:
+    """Key -> values of a unit file (keys may repeat); only those of `section` if given,
+    else of all sections (not told apart)."""
     settings: dict[str, list[str]] = {}
+    current = None
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line and not line.startswith(("#", ";", "[")):
+        if line.startswith("["):
+            current = line.strip("[]")
+        elif line and not line.startswith(("#", ";")) and section in (None, current):
             key, _, value = line.partition("=")
             settings.setdefault(key.strip(), []).append(value.strip())
     return settings
@@ -99,23 +104,26 @@ def test_units_verify_without_any_message(install: Install, runtime_dir: Path) -
 
 
 @needs_analyze
-def test_verify_would_catch_a_misspelt_key(install: Install, runtime_dir: Path) -> None:
+@pytest.mark.parametrize("name", ["garminsync.service", "garminsync@.service"])
+def test_verify_would_catch_a_misspelt_key(install: Install, runtime_dir: Path, name: str) -> None:
     broken = copy_of(install)
-    service = broken.units / "garminsync.service"
+    service = broken.units / name
     service.write_text(service.read_text().replace("Nice=", "Nicety="))
     assert "Unknown key" in verify(broken, runtime_dir).stderr
 
 
 @needs_analyze
-def test_exposure_is_at_most_the_target(install: Install, runtime_dir: Path) -> None:
-    service = str(install.units / "garminsync.service")
+@pytest.mark.parametrize("name", ["garminsync.service", "garminsync@.service"])
+def test_exposure_is_at_most_the_target(install: Install, runtime_dir: Path, name: str) -> None:
+    service = str(install.units / name)
     threshold = f"--threshold={int(EXPOSURE_TARGET * 10)}"  # the scale is 0-100
     done = analyze(
         install.home, runtime_dir, "security", "--offline=true", "--user", threshold, service
     )
-    found = re.search(r"Overall exposure level for garminsync.service: ([\d.]+)", done.stdout)
+    # A template is judged as an instance of it: garminsync@i.service.
+    found = re.search(r"Overall exposure level for garminsync@?i?\.service: ([\d.]+)", done.stdout)
     assert found, done.stdout + done.stderr
-    print(f"exposure of garminsync.service: {found.group(1)}")
+    print(f"exposure of {name}: {found.group(1)}")
     assert float(found.group(1)) <= EXPOSURE_TARGET, done.stdout
     assert done.returncode == 0, done.stderr
 
@@ -163,6 +171,34 @@ def test_service_settings() -> None:
     writable = " ".join(unit["ReadWritePaths"]).split()
     assert sorted(p.lstrip("-") for p in writable) == ["%h/.local/state/garminsync", "%h/fit"]
     assert [k for k in NOT_ENFORCED_IN_USER_MANAGER if k in unit] == []
+
+
+# What a profile's instance has of its own; every other [Service] setting (the sandbox
+# above all) must be the plain unit's.
+TEMPLATE_OWN = ("Environment", "EnvironmentFile", "ExecStart", "ReadWritePaths")
+
+
+def test_templates_have_the_settings_of_the_plain_units() -> None:
+    plain = unit_settings(REPO / "garminsync.service", "Service")
+    template = unit_settings(REPO / "garminsync@.service", "Service")
+
+    def shared(settings: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {k: v for k, v in settings.items() if k not in TEMPLATE_OWN}
+
+    assert shared(template) == shared(plain)
+    assert set(TEMPLATE_OWN) <= set(template)
+    # The profile's own DEST, session and settings file: the paths its sandbox allows.
+    assert template["ExecStart"] == [f"{plain['ExecStart'][0]} --profile %i"]
+    assert template["EnvironmentFile"] == ["-%h/.config/garminsync/%i.env"]
+    environment = [word for value in template["Environment"] for word in shlex.split(value)]
+    assert "GARMINSYNC_DEST=%h/fit/%i" in environment
+    assert "GARMINTOKENS=%h/.local/state/garminsync/%i" in environment
+    writable = " ".join(template["ReadWritePaths"]).split()
+    assert sorted(writable) == ["-%h/.local/state/garminsync/%i", "-%h/fit/%i"]
+    # The timers: the same schedule.
+    for section in ("Timer", "Install"):
+        timer = unit_settings(REPO / "garminsync.timer", section)
+        assert unit_settings(REPO / "garminsync@.timer", section) == timer, section
 
 
 def test_install_layout(install: Install) -> None:
@@ -250,6 +286,56 @@ def test_uninstall_removes_the_install_and_keeps_the_data(install: Install) -> N
     assert not home.conf.exists(), "an untouched env file is removed with its folder"
     assert fit.read_bytes() == b"FIT" and session.exists() and (home.home / "nas").is_dir()
     assert make("uninstall", home.home).returncode == 0  # twice is fine
+
+
+@needs_analyze
+def test_make_install_profile_with_dest(install: Install, runtime_dir: Path) -> None:
+    home = copy_of(install)
+    nas = home.home / "nas/x"
+    done = make("install", home.home, "PROFILE=x", f"DEST={nas}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    dropin = unit_settings(home.units / "garminsync@x.service.d/dest.conf")
+    assert dropin == {"Environment": [f"GARMINSYNC_DEST={nas}"], "ReadWritePaths": [str(nas)]}
+    assert not (home.units / "garminsync.service.d").exists(), "the plain unit's DEST changed"
+    assert nas.is_dir()
+    settings = home.conf / "x.env"
+    assert settings.read_bytes() == (REPO / "garminsync.env").read_bytes()
+    assert settings.stat().st_mode & 0o777 == 0o600
+    assert (home.state / "x").stat().st_mode & 0o777 == 0o700
+    assert "systemctl --user enable --now garminsync@x.timer" in done.stdout
+    # The instance with its drop-in, as systemd reads it.
+    instance = [str(home.units / n) for n in ("garminsync@x.service", "garminsync@x.timer")]
+    checked = analyze(home.home, runtime_dir, "verify", "--user", "--man=no", *instance)
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+
+
+def test_uninstall_removes_the_templates_and_the_profile_drop_ins(install: Install) -> None:
+    home = copy_of(install)
+    for name in ("x", "y"):
+        done = make("install", home.home, f"PROFILE={name}", f"DEST={home.home / 'nas' / name}")
+        assert done.returncode == 0, done.stdout + done.stderr
+    own = home.units / "garminsync@y.service.d/own.conf"  # the user's: kept
+    own.write_text("[Service]\nNice=5\n")
+    edited = home.conf / "y.env"
+    edited.write_text(edited.read_text() + "GARMINSYNC_DELAY=5\n")
+    session = home.state / "x/garmin_tokens.json"
+    session.write_text("{}")
+    wants = home.units / "timers.target.wants/garminsync@x.timer"
+    wants.parent.mkdir()
+    wants.symlink_to(home.units / "garminsync@.timer")
+    stamp = home.home / ".local/share/systemd/timers/stamp-garminsync@x.timer"
+    stamp.parent.mkdir(parents=True)
+    stamp.touch()
+    done = make("uninstall", home.home)
+    assert done.returncode == 0, done.stderr
+    for gone in ("garminsync@.service", "garminsync@.timer", "garminsync@x.service.d"):
+        assert not (home.units / gone).exists(), gone
+    assert not (home.units / "garminsync@y.service.d/dest.conf").exists()
+    assert own.exists(), "a drop-in of the user's own was removed"
+    assert not wants.is_symlink() and not stamp.exists()
+    assert not (home.conf / "x.env").exists(), "an untouched profile env file is removed"
+    assert edited.read_text().endswith("GARMINSYNC_DELAY=5\n")
+    assert session.exists() and (home.home / "nas/x").is_dir()
 
 
 def test_uninstall_keeps_an_edited_env_file(install: Install) -> None:
