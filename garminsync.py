@@ -164,6 +164,8 @@ def describe(entry: dict) -> str:
 
 def printable(text: str) -> str:
     """An activity name on one line: control characters become spaces."""
+    if text.isprintable():  # no control character, no lone surrogate: the usual case
+        return text
     return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in valid_text(text))
 
 
@@ -1347,7 +1349,7 @@ def plain_cause(text: str) -> str:
     """What a connection error's long text comes down to ('Unable to connect to proxy:
     Connection refused', 'Temporary failure in name resolution'), else the text."""
     said = re.search(r"Caused by \w+\('([^']+)'", text)
-    system = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    system = re.findall(r"\[Errno -?\d+\] ([^'\")\]>]+)", text)
     return ": ".join(filter(None, [said and said.group(1), system and system[-1].strip()])) or text
 
 
@@ -1408,6 +1410,10 @@ class GarminAPI:
     def get_bytes(self, path: str) -> bytes:
         return self._call(self.seam.client.download, path, download=True)
 
+    def get_page(self, path: str, params: dict) -> bytes:
+        """A JSON answer as bytes, for a caller that parses it piece by piece."""
+        return self._call(self.seam.client.download, path, download=False, params=params)
+
     def _call(self, fn: Callable, path: str, download: bool, **kwargs: Any) -> Any:
         """The retry policy: 429s waited out, passing failures tried RETRIES times with a
         growing pause, a refused session stops the run, anything else fails this request."""
@@ -1467,6 +1473,8 @@ class GarminAPI:
             return Attempt(error=err, answer=answer)
         finally:
             self.last_request = time.monotonic()
+            answers.clear()  # the hook holds the list, each answer the hook: a cycle, which
+            # would keep every page's body alive until a full garbage collection
         self.reached = True
         return Attempt(result=result)
 
@@ -1546,6 +1554,19 @@ def activity_record(raw: Any) -> dict | None:
     }
 
 
+LISTED_FIELDS = (  # what activity_record reads of a listed activity
+    "activityId", "startTimeLocal", "startTimeGMT", "beginTimestamp", "activityType",
+    "activityName", "distance", "movingDuration", "duration", "manualActivity", "parentId",
+)  # fmt: skip
+
+
+def listed_fields(item: dict) -> dict:
+    """A listed activity's fields that activity_record reads; other objects as they are."""
+    if "activityId" not in item:
+        return item
+    return {key: item[key] for key in LISTED_FIELDS if key in item}
+
+
 def listed_number(value: Any) -> float | None:
     """A distance or duration as Garmin lists it, when it is a real number from 0 up."""
     if isinstance(value, bool) or not isinstance(value, NUMBER):
@@ -1571,9 +1592,17 @@ def list_page(api: GarminAPI, start: int, limit: int, settings: Settings) -> tup
     if settings.until:
         params["endDate"] = settings.until.isoformat()
     try:
-        answer = api.get_json(LIST_PATH, params=params)
+        data = api.get_page(LIST_PATH, params=params)
     except RequestFailed as err:
         raise ListingFailed(f"the activity list failed: {err}") from err
+    # Each entry is cut down to what the manifest keeps as soon as it is parsed (Garmin's
+    # are about 3 KB each), unless --also json keeps them whole.
+    keep = None if "json" in settings.also else listed_fields
+    try:
+        answer = json.loads(data, object_hook=keep)
+    except ValueError as err:
+        raise ListingFailed(f"the activity list is not JSON ({str(err)[:80]})") from err
+    del data
     if not isinstance(answer, list):
         raise ListingFailed(f"the activity list answered with {type(answer).__name__}, not a list")
     records = [(activity_record(raw), raw) for raw in answer]
@@ -2003,7 +2032,8 @@ def cmd_sync(settings: Settings) -> int:
             remove_stale_temp_files(settings.dest)
         store.load()
         store.adopt_files_on_disk()
-        if not network or settings.action == "strava-only":  # else the Garmin step does it
+        filters = settings.action in ("list", "strava-only") or settings.dry_run
+        if filters and (not network or settings.action == "strava-only"):  # else the Garmin step
             store.types = covered_types(settings.types, store)
         code = run_and_tell(settings, store) if network else EXIT_OK
     if settings.action == "list":
@@ -2140,7 +2170,7 @@ def save_run(settings: Settings, store: ManifestStore, summary: RunSummary) -> N
         run = summary.as_json()
         store.data["last_run"] = run
         store.data["runs"] = [*(store.data["runs"] or [])[-(RUNS_KEPT - 1) :], run]
-        if summary.exit_code == EXIT_OK:
+        if summary.exit_code == EXIT_OK and settings.action == "missing":  # Garmin's sync
             store.data["last_success"] = run["finished_at"]
     try:
         store.flush(force=True)
@@ -2887,6 +2917,8 @@ def display_width(text: str) -> int:
 
 def column(text: str, width: int) -> str:
     """Text cut and padded to exactly `width` terminal columns."""
+    if text.isascii():
+        return text[:width].ljust(width)
     while display_width(text) > width:
         text = text[:-1]
     return text + " " * (width - display_width(text))
@@ -2994,7 +3026,8 @@ def runs_summary(runs: list[dict], last_success: str | None) -> str:
     for run in runs:
         words[str(run.get("result"))] = words.get(str(run.get("result")), 0) + 1
     counted = ", ".join(f"{n} {word}" for word, n in sorted(words.items(), key=lambda w: -w[1]))
-    return f"last {len(runs)} runs: {counted}; last success {time_ago(last_success)}"
+    runs_word = "run" if len(runs) == 1 else f"{len(runs)} runs"
+    return f"last {runs_word}: {counted}; last success {time_ago(last_success)}"
 
 
 def time_ago(stamp: str | None) -> str:
