@@ -108,6 +108,11 @@ ifneq ($(PROFILE),)
 	test -e $(CONF)/$(PROFILE).env || install -m 0600 garminsync.env $(CONF)/$(PROFILE).env
 endif
 ifneq ($(DEST),)
+ifneq ($(PROFILE),)
+	# A profile's DEST goes in its settings file too, which its hand runs read.
+	sed -i '/^GARMINSYNC_DEST=/d' $(CONF)/$(PROFILE).env
+	echo 'GARMINSYNC_DEST=$(abspath $(DEST))' >>$(CONF)/$(PROFILE).env
+endif
 	mkdir -p $(abspath $(DEST)) $(dir $(DROPIN))
 	printf '%s\n' '# Written by `make install DEST=...`.' '[Service]' \
 	  'Environment=GARMINSYNC_DEST=$(abspath $(DEST))' \
@@ -137,7 +142,8 @@ uninstall:
 	  $(UNITS)/timers.target.wants/garminsync.timer $(UNITS)/timers.target.wants/garminsync@*.timer \
 	  $(HOME)/.local/share/systemd/timers/stamp-garminsync*.timer
 	rm -rf $(APP)
-	for f in $(CONF)/env $(CONF)/*.env; do if cmp -s garminsync.env "$$f"; then rm "$$f"; fi; done
+	for f in $(CONF)/env $(CONF)/*.env; do \
+	  if grep -v '^GARMINSYNC_DEST=' "$$f" 2>/dev/null | cmp -s garminsync.env -; then rm "$$f"; fi; done
 	rmdir $(dir $(DROPIN)) $(UNITS)/garminsync@*.service.d $(UNITS)/timers.target.wants $(CONF) 2>/dev/null || :
 	if $(MANAGER_HERE); then systemctl --user daemon-reload && \
 	  systemctl --user reset-failed garminsync.service garminsync.timer 2>/dev/null || :; fi

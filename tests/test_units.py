@@ -298,8 +298,24 @@ def test_make_install_profile_with_dest(install: Install, runtime_dir: Path) -> 
     assert dropin == {"Environment": [f"GARMINSYNC_DEST={nas}"], "ReadWritePaths": [str(nas)]}
     assert not (home.units / "garminsync.service.d").exists(), "the plain unit's DEST changed"
     assert nas.is_dir()
-    settings = home.conf / "x.env"
-    assert settings.read_bytes() == (REPO / "garminsync.env").read_bytes()
+    settings = home.conf / "x.env"  # the profile's hand runs read its DEST there
+    template = (REPO / "garminsync.env").read_text()
+    assert settings.read_text() == f"{template}GARMINSYNC_DEST={nas}\n"
+    shown = subprocess.run(
+        [
+            str(home.home / ".local/bin/garminsync"),
+            "--profile",
+            "x",
+            "--status",
+            "--offline",
+            "--json",
+        ],
+        env={"HOME": str(home.home), "PATH": SYSTEM_PATH},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert json.loads(shown.stdout)["dest"] == str(nas)  # a hand run sees the timer's DEST
     assert settings.stat().st_mode & 0o777 == 0o600
     assert (home.state / "x").stat().st_mode & 0o777 == 0o700
     assert "systemctl --user enable --now garminsync@x.timer" in done.stdout

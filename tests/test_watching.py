@@ -174,7 +174,7 @@ def test_status_says_when_no_run_ever_succeeded(garmin, real_account, run, dest)
     garmin.unreachable.add(CONNECTAPI)
     assert run("--dest", dest).returncode == 75
     text = run("--status", "--offline", "--dest", dest).stdout
-    assert "history:    last 1 runs: 1 unreachable; last success never" in text, text
+    assert "history:    last run: 1 unreachable; last success never" in text, text
 
 
 @pytest.mark.parametrize("how", ["deleted", "corrupt"])
