@@ -13,8 +13,9 @@ Usage:
 
 Actions (at most one; default --missing):
     --missing                        download every activity not yet in DEST
-    --list {all,missing,downloaded}  print activities (id, start, type, name, status)
-    --status                         counts by status, the last run, the session
+    --list {all,missing,downloaded,types}   print activities (or each type and its count)
+    --status                         counts by status, the last runs, the session
+    --report                         write DEST/garminsync.html from the manifest
     --login                          log in interactively (MFA too), then save the session
     --strava-only / --strava-login   upload pending files to Strava / authorise that once
 
@@ -23,17 +24,23 @@ Options:
     --offline         with --list/--status: read the manifest only, no network
     --since DATE / --until DATE      only activities whose local start date is in range
     --delay SECONDS   fixed pause between two Garmin requests; default $GARMINSYNC_DELAY or 2
-    --limit N         download at most N activities this run
+    --limit N         download (and export) at most N activities this run
     --retry-failed    with --missing: try the activities set aside after repeated failures
     --dry-run         show what --missing (or --strava-only) would do; write nothing
     --json            machine-readable output for --list and --status
     --strava, --strava-since DATE    with --missing: then upload new files to Strava
+    --type KEY,...    only these activity types, each with its sub-types ($GARMINSYNC_TYPES)
+    --also FORMAT,... keep gpx, tcx and/or json beside each original ($GARMINSYNC_ALSO)
+    --profile NAME    another Garmin account: its own DEST, session, settings
+    --metrics-file PATH              write metrics for node_exporter ($GARMINSYNC_METRICS_FILE)
     -v / -q           more / less output;  --version, --help
 
 Files:
     DEST/activity_<id>_<YYYY-MM-DD_HH-MM-SS>.<fit|gpx|tcx>   the originals (local start time);
         a multisport original of several files: ..._leg<n>of<m>.fit, one per leg
-    DEST/garminsync.json     the manifest: what is known of every activity, and the last run
+    DEST/gpx/, DEST/tcx/, DEST/json/   the exports --also keeps
+    DEST/garminsync.json     the manifest: what is known of every activity, the last runs
+    DEST/garminsync.html     the report page
     DEST/.garminsync.lock    held while a run works on DEST (one run per DEST)
     $GARMINTOKENS/garmin_tokens.json   the saved session (default ~/.local/state/garminsync)
     strava_tokens.json       beside it, the Strava authorisation (--strava-login)
@@ -42,14 +49,24 @@ Credentials (only needed to log in): GARMIN_EMAIL/GARMIN_PASSWORD, else ~/.netrc
 (machine garmin.com, connect.garmin.com or sso.garmin.com), else systemd credentials
 $CREDENTIALS_DIRECTORY/garmin_email and garmin_password.
 
-Exit codes: 0 success; 1 some activities failed (the rest saved) or a local write failed;
-2 usage or bad input; 3 authentication needed or refused; 75 temporary (rate limited,
-network down, another run holds DEST); 130/143 interrupted by SIGINT/SIGTERM.
+Also read: GARMINSYNC_TIMEOUT (seconds a request may take, 120), GARMINSYNC_STRAVA (1: as
+--strava), GARMINSYNC_PING_URL (healthchecks-style pings), GARMINSYNC_STALE_AFTER (3d).
+
+Exit codes: 0 success; 1 some activities failed (the rest saved), a local write failed, or
+no sync succeeded for GARMINSYNC_STALE_AFTER; 2 usage or bad input; 3 authentication needed
+or refused; 75 temporary (rate limited, network down, another run holds DEST); 130/143
+interrupted by SIGINT/SIGTERM.
 
 See README.md for everyday use and troubleshooting, docs/design.md for how a run decides.
 """
 
 from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__" and {"--help", "-h"} & set(sys.argv[1:]):
+    print(__doc__.strip())  # before any other import: --help costs little more than Python
+    sys.exit(0)
 
 import argparse
 import contextlib
@@ -57,23 +74,18 @@ import dataclasses
 import datetime as dt
 import errno
 import fcntl
-import io
 import json
-import logging
-import netrc
 import os
 import re
 import signal
 import sys
-import tempfile
 import time
-import traceback
-import urllib.parse
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only for annotations; imported where used, as runs need them
+    import zipfile
 
 __version__ = "0.2.0"
 
@@ -174,26 +186,32 @@ def valid_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-class LogBridge(logging.Handler):
-    """Send library log records (garminconnect, urllib3) through emit(), scrubbed."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self.format(record)
-        except Exception:  # a library's bad format string must not crash a sync
-            text = str(record.msg)
-        emit("debug", f"[{record.name}] {text}")
-
-
 def setup_output(verbosity: int) -> None:
     """Pick the threshold and the line format for this process's stderr."""
     OUT.threshold = PRIORITIES[{-1: "warning", 0: "info"}.get(verbosity, "debug")]
     OUT.journal = bool(os.environ.get("JOURNAL_STREAM"))
     OUT.progress = sys.stderr.isatty() and not OUT.journal and verbosity >= 0
+
+
+def route_library_logs() -> None:
+    """Send what the client libraries log through emit(): only with -v, scrubbed. Called
+    before they are imported (offline commands never import logging)."""
+    import logging  # noqa: PLC0415
+
+    class LogBridge(logging.Handler):
+        """Send library log records (garminconnect, urllib3) through emit(), scrubbed."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                text = self.format(record)
+            except Exception:  # a library's bad format string must not crash a sync
+                text = str(record.msg)
+            emit("debug", f"[{record.name}] {text}")
+
     root = logging.getLogger()
     root.handlers[:] = [LogBridge()]
     # garminconnect logs a traceback on every HTTP error: only with -v.
-    root.setLevel(logging.DEBUG if verbosity > 0 else logging.CRITICAL + 1)
+    root.setLevel(logging.DEBUG if OUT.threshold >= PRIORITIES["debug"] else logging.CRITICAL + 1)
 
 
 class Fatal(Exception):
@@ -504,6 +522,8 @@ def netrc_credentials(machines: tuple[str, ...]) -> tuple[str | None, str | None
     if path.stat().st_mode & 0o077:
         emit("warning", f"{path} is readable by group or others; run `chmod 600 {path}`")
     try:
+        import netrc  # noqa: PLC0415
+
         parsed = netrc.netrc(str(path))  # an explicit path skips netrc's own permission error
     except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as err:
         emit("warning", f"cannot read {path}: {err}; ignoring it")
@@ -564,6 +584,8 @@ def fsync_dir(directory: Path) -> None:
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
     """A temp file beside path that becomes path (fsynced) only if the block succeeds."""
+    import tempfile  # noqa: PLC0415
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -1135,6 +1157,7 @@ class Seam:
 
 def garth_seam(home: str, timeout: float) -> Seam | None:
     """A saved garth (or garth-ng) session from $GARTH_HOME, when garth is importable."""
+    route_library_logs()
     try:
         import garth  # noqa: PLC0415 (optional, and lazy so offline runs stay light)
     except ImportError:
@@ -1169,6 +1192,7 @@ def garth_seam(home: str, timeout: float) -> Seam | None:
 
 def garminconnect_client() -> Any:
     """A new garminconnect Client, or exit 2 saying how to install the library."""
+    route_library_logs()
     try:
         from garminconnect.client import Client  # noqa: PLC0415 (lazy: offline runs skip it)
     except ModuleNotFoundError:
@@ -1827,6 +1851,9 @@ def plausible_content(ext: str, head: bytes) -> bool:
 def save_original(dest: Path, record: dict, data: bytes) -> tuple[str, int, int]:
     """Unzip the original into DEST, every file atomically and none unless all are good;
     returns (the name of its file, or of leg 1; total size; number of legs, 0 for one file)."""
+    import io  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as err:
@@ -1845,6 +1872,9 @@ def save_original(dest: Path, record: dict, data: bytes) -> tuple[str, int, int]
 
 def copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, ext: str, out: IO[bytes]) -> int:
     """Copy one member into an open file, checking its content, size cap and CRC."""
+    import zipfile  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
     try:
         with archive.open(info) as member:
             head = member.read(64)
@@ -2439,6 +2469,8 @@ class StravaAPI:
 
     def fetch_tokens(self, **grant: str) -> dict:
         """Ask /oauth/token for tokens with this grant; they are saved before they are used."""
+        import urllib.parse  # noqa: PLC0415
+
         client_id, secret = self.app
         form = {"client_id": client_id, "client_secret": secret, **grant}
         body = urllib.parse.urlencode(form).encode()
@@ -2589,6 +2621,8 @@ def strava_step(settings: Settings, store: ManifestStore, summary: RunSummary) -
 
 def strava_login() -> int:
     """--strava-login: the OAuth code flow with a one-request server on 127.0.0.1:9321."""
+    import urllib.parse  # noqa: PLC0415
+
     api = StravaAPI(60.0, tokens={})  # no tokens yet: only the unauthenticated token call
     state = os.urandom(12).hex()
     query = urllib.parse.urlencode(
@@ -2643,6 +2677,8 @@ def redirect_server(received: list[str]) -> Any:
     except OSError as err:
         emit("warning", f"cannot listen on 127.0.0.1:9321 ({err.strerror}); paste the address")
         return None
+    import traceback  # noqa: PLC0415
+
     server.handle_error = lambda *_: emit("debug", traceback.format_exc())  # not on stderr
     return server
 
@@ -2781,6 +2817,7 @@ def write_report(store: ManifestStore) -> Path:
     """Write DEST/garminsync.html atomically from the manifest: one self-contained page,
     no script, no request anywhere; returns its path."""
     import shutil  # noqa: PLC0415
+    import urllib.parse  # noqa: PLC0415
 
     entries = [e for e in store.activities.values() if not store.is_listed_leg(e)]
     counts = store.status_counts()
@@ -3082,6 +3119,8 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except (Exception, Deadline) as err:
+        import traceback  # noqa: PLC0415
+
         emit("debug", traceback.format_exc())
         emit(
             "error",
