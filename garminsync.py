@@ -709,6 +709,14 @@ STATUSES = ("pending", "downloaded", "no_file", "failed", "set_aside")
 FLUSH_SECONDS, FLUSH_CHANGES = 30.0, 1000  # bounded rewrites of a growing manifest
 
 NUMBER = (int, float)
+EXACT_TYPES = {
+    str: {str},
+    int: {int},
+    bool: {bool},
+    dict: {dict},
+    list: {list},
+    NUMBER: {int, float},
+}
 # The one definition of a manifest entry: every field, its JSON type and its default.
 # Creating, checking, merging and writing an entry all go by this table.
 ENTRY: dict[str, tuple[type, Any]] = {
@@ -760,18 +768,21 @@ RUNS_KEPT = 100
 
 def fits(value: Any, kind: type | tuple) -> bool:
     """Whether a JSON value has this type (a bool is not a number here)."""
-    return kind is bool if isinstance(value, bool) else isinstance(value, kind)
+    return type(value) in (kind if isinstance(kind, tuple) else (kind,))
 
 
 def clean_fields(value: dict, schema: dict, where: str, problems: list[str]) -> dict:
-    """The schema's fields taken from value: each of its type, else its default (and noted)."""
+    """The schema's fields taken from value: each of its type, else its default (and noted).
+    Parsed JSON has exact types, so a type test is a lookup (10,000 entries load in ms)."""
     clean = {}
     for field, (kind, default) in schema.items():
         got = value.get(field)
-        if got is not None and not fits(got, kind):
+        if got is None:
+            got = default
+        elif type(got) not in EXACT_TYPES[kind]:
             problems.append(f"{where}.{field}")
-            got = None
-        clean[field] = default if got is None else got
+            got = default
+        clean[field] = got
     return clean
 
 
@@ -836,6 +847,7 @@ def parse_manifest(text: str) -> dict:
     type is reset, an entry that cannot be one dropped, each with a warning; ValueError when
     the text is no manifest at all."""
     data = json.loads(text)
+    del text  # the parsed data is all that is needed: a big manifest is not held twice
     if not isinstance(data, dict) or not isinstance(data.get("activities"), dict):
         raise ValueError("not a garminsync manifest")
     version = data.get("version")
@@ -845,8 +857,9 @@ def parse_manifest(text: str) -> dict:
     if "count_offset" not in data and type(data.get("unusable_listed")) is int:
         data["count_offset"] = data["unusable_listed"]  # what version 0.1 called it
     problems: list[str] = []
-    activities = {}
-    for key, value in data["activities"].items():
+    activities, raw = {}, data.pop("activities")
+    while raw:  # each parsed entry is let go as soon as its clean copy is made
+        key, value = raw.popitem()
         entry = clean_entry(str(key), value, problems)
         if entry is None:
             emit("warning", f"manifest entry {str(key)[:40]!r} is malformed; dropped it")
