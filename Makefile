@@ -56,10 +56,11 @@ test-newest: .venv-$(NEWEST_PY)/.installed
 	@.venv-$(NEWEST_PY)/bin/python -c 'import sys, importlib.metadata as m; print("testing on Python", sys.version.split()[0], "with garminconnect", m.version("garminconnect"))'
 	.venv-$(NEWEST_PY)/bin/python -m pytest -q
 
-# One after the other: some tests listen on fixed ports (Strava's redirect on 9321).
+# Side by side (the tests wait on network and processes more than on the CPU); each end's
+# output is printed whole when it ends. The one test that listens on a fixed port (9321)
+# takes a lock for it.
 test-matrix: lint
-	$(MAKE) test-oldest
-	$(MAKE) test-newest
+	$(MAKE) -j2 --output-sync=target test-oldest test-newest
 
 # What a run costs Garmin, the network and the machine (not part of `make test`).
 bench: venv

@@ -6,9 +6,11 @@ and trusts only the fake's CA, so nothing reaches the real internet and nothing 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +215,13 @@ def strava(garmin: FakeGarmin, env: dict[str, str]):
     (store / "strava_tokens.json").write_text(fake.token_file())
     (store / "strava_tokens.json").chmod(0o600)
     return fake
+
+
+@pytest.fixture
+def port_9321() -> Iterator[None]:
+    """Port 9321 (--strava-login's redirect) for this test alone: the two ends of the
+    supported range run side by side (make test-matrix), and only one may listen there."""
+    path = Path(tempfile.gettempdir()) / "garminsync-tests-port-9321.lock"
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield

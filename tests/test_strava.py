@@ -266,7 +266,9 @@ def browser_visit(url: str) -> str:
 
 
 @pytest.mark.parametrize("delivery", ["browser", "pasted"])
-def test_strava_login_runs_the_code_flow_and_saves_tokens_0600(garmin, strava, bare_env, delivery):
+def test_strava_login_runs_the_code_flow_and_saves_tokens_0600(
+    garmin, strava, bare_env, delivery, port_9321
+):
     store = Path(bare_env["GARMINTOKENS"])
     (store / "strava_tokens.json").unlink()
     proc = subprocess.Popen(
