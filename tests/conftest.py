@@ -20,7 +20,6 @@ import trustme
 from fake_garmin import (
     CA_VARIABLES,
     PROXY_VARIABLES,
-    REAL_FIT,
     REAL_TCX,
     FakeGarmin,
     add_many_activities,
@@ -38,6 +37,17 @@ SCRIPT = REPO / "garminsync.py"
 SHARED = REPO.parent / "shared" / "fixtures"
 # Three real device files made into multisport legs (swim, bike, run order is all they play).
 LEG_FILES = ("garmin-fenix-5-run.fit", "garmin-edge-820-bike.fit", "12129115726_ACTIVITY.fit")
+# The real files' sizes (../shared/fixtures/*/README.md), for stand-ins of about that size.
+REAL_SIZES = {
+    "12129115726_ACTIVITY.fit": 5289,
+    "20170518-191602-1740899583.fit": 56960,
+    "garmin-fenix-5-run.fit": 5597,
+    "garmin-edge-820-bike.fit": 4229,
+    "2013-02-06-12-11-14.fit": 17925,
+    "activity-small-fenix2-run.fit": 121839,
+    "activity_196389836_2012-07-03_22-31-14.tcx": 88149,
+    "activity_196389845_2012-07-06_14-52-10.tcx": 87107,
+}
 
 
 def pytest_report_header() -> str:
@@ -53,14 +63,14 @@ def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if (SHARED / "fit").is_dir():
         return SHARED
     made = tmp_path_factory.mktemp("fixtures")
-    for number, (name, *_rest) in enumerate(REAL_FIT + tuple((n,) for n in LEG_FILES)):
-        path = made / "fit" / name
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(synthetic_fit(1000 + number, records=20 + number))
+    (made / "fit").mkdir()
+    (made / "tcx").mkdir()
+    for number, (name, size) in enumerate(REAL_SIZES.items()):
+        if name.endswith(".fit"):  # about the real file's size: some tests need a big one
+            data = synthetic_fit(1000 + number, records=(size - 66) // 10)
+            (made / "fit" / name).write_bytes(data)
     for name, _id, local, _offset in REAL_TCX:
-        path = made / "tcx" / name
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(tcx_document(local))
+        (made / "tcx" / name).write_text(tcx_document(local, points=REAL_SIZES[name] // 95))
     return made
 
 
