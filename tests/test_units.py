@@ -263,6 +263,17 @@ def test_reinstall_upgrades_in_place_keeps_settings_and_sets_dest(
     assert (home.units / "garminsync.service.d/dest.conf").exists()
 
 
+def enable_by_hand(home: Install, timer: str, unit_file: str) -> tuple[Path, Path]:
+    """What `systemctl --user enable` and a first run leave: the wants link, the stamp."""
+    wants = home.units / "timers.target.wants" / timer
+    wants.parent.mkdir(exist_ok=True)
+    wants.symlink_to(home.units / unit_file)
+    stamp = home.home / ".local/share/systemd/timers" / f"stamp-{timer}"
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+    return wants, stamp
+
+
 def test_uninstall_removes_the_install_and_keeps_the_data(install: Install) -> None:
     home = copy_of(install)
     assert make("install", home.home, f"DEST={home.home / 'nas'}").returncode == 0
@@ -271,12 +282,7 @@ def test_uninstall_removes_the_install_and_keeps_the_data(install: Install) -> N
     fit.write_bytes(b"FIT")
     session = home.state / "garmin_tokens.json"
     session.write_text("{}")
-    wants = home.units / "timers.target.wants/garminsync.timer"
-    wants.parent.mkdir()
-    wants.symlink_to(home.units / "garminsync.timer")
-    stamp = home.home / ".local/share/systemd/timers/stamp-garminsync.timer"
-    stamp.parent.mkdir(parents=True)
-    stamp.touch()
+    wants, stamp = enable_by_hand(home, "garminsync.timer", "garminsync.timer")
     done = make("uninstall", home.home)
     assert done.returncode == 0, done.stderr
     for gone in (home.app, home.units / "garminsync.service", home.units / "garminsync.timer"):
@@ -336,12 +342,7 @@ def test_uninstall_removes_the_templates_and_the_profile_drop_ins(install: Insta
     edited.write_text(edited.read_text() + "GARMINSYNC_DELAY=5\n")
     session = home.state / "x/garmin_tokens.json"
     session.write_text("{}")
-    wants = home.units / "timers.target.wants/garminsync@x.timer"
-    wants.parent.mkdir()
-    wants.symlink_to(home.units / "garminsync@.timer")
-    stamp = home.home / ".local/share/systemd/timers/stamp-garminsync@x.timer"
-    stamp.parent.mkdir(parents=True)
-    stamp.touch()
+    wants, stamp = enable_by_hand(home, "garminsync@x.timer", "garminsync@.timer")
     done = make("uninstall", home.home)
     assert done.returncode == 0, done.stderr
     for gone in ("garminsync@.service", "garminsync@.timer", "garminsync@x.service.d"):
