@@ -78,7 +78,6 @@ import json
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -499,9 +498,18 @@ def env_url(name: str) -> str | None:
     """An http(s) URL from the environment, remembered as a secret (a ping URL lets anyone
     report for you)."""
     raw = os.environ.get(name, "").strip()
-    if raw and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw):
-        raise Fatal(EXIT_USAGE, f"{name} is not an http(s) URL; fix or unset it")
     add_secret(raw)
+    if raw:
+        import urllib.parse  # noqa: PLC0415
+
+        try:
+            parts = urllib.parse.urlsplit(raw)
+            usable = parts.scheme in ("http", "https") and parts.hostname and not parts.username
+            usable = usable and (parts.port or 0) >= 0  # reading .port checks it
+        except ValueError:
+            usable = False
+        if not usable or re.search(r"\s", raw):
+            raise Fatal(EXIT_USAGE, f"{name} is not an http(s) URL without a password; fix it")
     return raw or None
 
 
@@ -582,23 +590,53 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
-    """A temp file beside path that becomes path (fsynced) only if the block succeeds."""
+def atomic_files(paths: list[Path], mode: int = 0o644) -> Iterator[list[IO[bytes]]]:
+    """Temp files beside the paths that become those paths only if the block succeeds, all
+    of them: each is fsynced before any is renamed, and no stop signal cuts the renames."""
     import tempfile  # noqa: PLC0415
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
+    temps: list[str] = []
+    outs: list[IO[bytes]] = []
     try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode)
-            yield out
+        for path in paths:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
+            temps.append(tmp)
+            outs.append(os.fdopen(fd, "wb"))
+            os.fchmod(fd, mode)
+        yield outs
+        for out in outs:
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
+            out.close()
+        with stop_signals_held():
+            for tmp, path in zip(temps, paths, strict=True):
+                os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for out in outs:
+            out.close()
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    for directory in {path.parent for path in paths}:
+        fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """A temp file beside path that becomes path (fsynced) only if the block succeeds."""
+    with atomic_files([path], mode) as (out,):
+        yield out
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done; they are delivered after it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -608,12 +646,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def remove_stale_temp_files(directory: Path) -> None:
-    """Delete temp files a killed run left behind (only ours: the lock says no run is live)."""
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(directory):
-            if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+    """Delete temp files a killed run left behind, in DEST and its export folders (only
+    ours: the lock says no run is live)."""
+    for folder in (directory, *(directory / fmt for fmt in ("gpx", "tcx", "json"))):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(folder):
+                if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -679,6 +719,14 @@ def files_on_disk(dest: Path) -> dict[int, tuple[str, str, int]]:
         if len(seen) == legs:
             found.setdefault(activity_id, (first, start, legs))
     return found
+
+
+def is_day(value: str) -> bool:
+    """Whether a text is a real 'YYYY-MM-DD' date."""
+    try:
+        return bool(re.fullmatch(r"\d{4}-\d\d-\d\d", value)) and bool(dt.date.fromisoformat(value))
+    except ValueError:
+        return False
 
 
 def is_local_time(value: Any) -> bool:
@@ -764,6 +812,7 @@ MANIFEST_FIELDS: dict[str, tuple[type, Any]] = {
     "activity_types": (dict, None),
 }
 RUNS_KEPT = 100
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # as iso_now() writes it
 
 
 def fits(value: Any, kind: type | tuple) -> bool:
@@ -868,6 +917,13 @@ def parse_manifest(text: str) -> dict:
     manifest = {"version": MANIFEST_VERSION, "activities": activities}
     manifest.update(clean_fields(data, MANIFEST_FIELDS, "manifest", problems))
     manifest["runs"] = [run for run in manifest["runs"] or [] if isinstance(run, dict)]
+    for field, shape in (("last_success", ISO_TIME), ("last_full_listing", ISO_TIME)):
+        if manifest[field] is not None and not shape.fullmatch(manifest[field]):
+            problems.append(f"manifest.{field}")
+            manifest[field] = None
+    if manifest["strava_since"] is not None and not is_day(manifest["strava_since"]):
+        problems.append("manifest.strava_since")
+        manifest["strava_since"] = None
     types = manifest["activity_types"] or {}
     parents = types.get("parents")
     if types and not (
@@ -1071,9 +1127,10 @@ def dest_lock(dest: Path):
                 EXIT_TEMPFAIL,
                 f"another garminsync run holds {path} (since {since}); try again later",
             )
-        lock.truncate(0)
-        lock.write(iso_now().encode())
-        lock.flush()
+        with contextlib.suppress(OSError):  # only for --status to show; a full disk is fine
+            lock.truncate(0)
+            lock.write(iso_now().encode())
+            lock.flush()
         yield
 
 
@@ -1872,14 +1929,18 @@ def save_original(dest: Path, record: dict, data: bytes) -> tuple[str, int, int]
     except (zipfile.BadZipFile, ValueError) as err:
         kind = "an empty answer" if not data else f"not a zip ({len(data)} bytes)"
         raise BadArchive(f"Garmin sent {kind}") from err
-    with archive, contextlib.ExitStack() as renames:
+    with archive:
         members = pick_originals(archive)
         legs = len(members) if len(members) > 1 else 0
-        names, size = [], 0
-        for leg, (info, ext) in enumerate(members, 1):
-            names.append(activity_filename(record, ext, leg if legs else 0, legs))
-            out = renames.enter_context(atomic_file(dest / names[-1]))  # renamed at the end
-            size += copy_member(archive, info, ext, out)
+        names = [
+            activity_filename(record, ext, leg if legs else 0, legs)
+            for leg, (_, ext) in enumerate(members, 1)
+        ]
+        with atomic_files([dest / name for name in names]) as outs:
+            size = sum(
+                copy_member(archive, info, ext, out)
+                for (info, ext), out in zip(members, outs, strict=True)
+            )
     return names[0], size, legs
 
 
@@ -2084,7 +2145,10 @@ def cmd_sync(settings: Settings) -> int:
     elif settings.action == "status":
         show_status(settings, store)
     elif settings.action == "report":
-        print(write_report(store))
+        try:
+            print(write_report(store))
+        except OSError as err:
+            raise local_write_error(err, settings.dest) from err
     return code
 
 
@@ -2216,7 +2280,8 @@ def save_run(settings: Settings, store: ManifestStore, summary: RunSummary) -> N
         if summary.exit_code == EXIT_OK and settings.action == "missing":  # Garmin's sync
             store.data["last_success"] = run["finished_at"]
     try:
-        store.flush(force=True)
+        with stop_signals_held():  # a stop now would lose what the run did since the last write
+            store.flush(force=True)
     except OSError as err:
         emit("error", f"could not save the manifest: {err.strerror}; the files are safe")
 
@@ -2411,7 +2476,8 @@ class StravaAPI:
         auth: bool = True,
     ) -> dict:
         """One request; JSON answer. 401 refreshes once; 429 or an exhausted window stops."""
-        import urllib.error  # noqa: PLC0415 (only Strava runs need urllib.request)
+        import http.client  # noqa: PLC0415 (only Strava runs need these)
+        import urllib.error  # noqa: PLC0415
         import urllib.request  # noqa: PLC0415
 
         headers = {"Accept": "application/json"}
@@ -2445,7 +2511,7 @@ class StravaAPI:
                 raise RequestFailed(f"Strava answered HTTP {err.code}")
             except ValueError as err:
                 raise RequestFailed(f"Strava's answer is not JSON ({err})")
-            except (OSError, Deadline) as err:
+            except (OSError, http.client.HTTPException, Deadline) as err:  # cut off, say
                 why = f"Strava is unreachable ({describe_failure(err, None)})"
                 raise Fatal(EXIT_TEMPFAIL, f"{why}; uploads resume next run")
         raise AssertionError("unreachable")
@@ -2601,6 +2667,8 @@ def strava_pending(store: ManifestStore, since: dt.date) -> list[tuple[dict, int
 
 def strava_step(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
     """Upload what is pending to Strava; a run with nothing to upload asks Strava nothing."""
+    if settings.types and store.types is None:  # the Garmin step stopped before it could
+        store.types = covered_types(settings.types, store)
     todo = strava_pending(store, strava_since(store, settings))
     if settings.dry_run:
         for _, _, path in todo:
@@ -2938,6 +3006,7 @@ def ping(url: str | None, suffix: str, body: str) -> None:
     otherwise, with a line as the body. Short, tried twice; a failure is only a warning."""
     if not url:
         return
+    import http.client  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
     shown = "/".join(url.split("/")[:3]) + "/..."  # the URL itself is a secret
@@ -2946,7 +3015,7 @@ def ping(url: str | None, suffix: str, body: str) -> None:
         try:
             with time_budget(PING_TIMEOUT), urllib.request.urlopen(request, timeout=PING_TIMEOUT):
                 return
-        except (OSError, Deadline) as err:
+        except (OSError, ValueError, http.client.HTTPException, Deadline) as err:
             if attempt == 2:
                 why = describe_failure(err, getattr(err, "code", None))
                 emit("warning", f"the ping to {shown} failed ({why}); the sync is not affected")
@@ -2984,6 +3053,8 @@ def show_list(settings: Settings, store: ManifestStore) -> None:
     if settings.list_filter == "types":
         show_types(settings, store)
         return
+    if settings.types and store.types is None:  # the Garmin step stopped before it could
+        store.types = covered_types(settings.types, store)
     rows = newest_first(store, settings, wanted[settings.list_filter])
     if settings.json:
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)

@@ -192,6 +192,18 @@ def test_offline_without_the_type_table_a_filter_says_how_to_get_it(garmin, run,
     assert "run a sync with --type once" in one_error_line(result.stderr)
 
 
+def test_strava_keeps_to_the_types_when_the_garmin_step_stops_first(garmin, strava, run, dest):
+    kinds = add_mixed(garmin)
+    assert run("--dest", dest, "--type", "running").returncode == 0  # the table is kept
+    assert run("--dest", dest).returncode == 0  # every type's original is in DEST
+    garmin.expire_access_token()
+    garmin.refresh_token = "revoked"  # noqa: S105 (the Garmin step now ends with exit 3)
+    result = run("--dest", dest, "--type", "running", "--strava", "--strava-since", "2000-01-01")
+    assert result.returncode == 3
+    sent = sorted(u.external_id for u in strava.uploads.values())
+    assert sent == sorted(f"garmin_{i}" for i in ids_of(kinds, RUNNING))
+
+
 def test_strava_gets_only_the_chosen_types(garmin, strava, run, dest):
     kinds = add_mixed(garmin)
     assert run("--dest", dest).returncode == 0  # every type's original is in DEST

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCRIPT
-from fake_garmin import make_activity, status, synthetic_fit, trickle
+from fake_garmin import cut, make_activity, status, synthetic_fit, trickle
 from helpers import manifest, saved_files, wait_for
 
 UPLOADS = "/api/v3/uploads"
@@ -363,3 +363,11 @@ def test_an_inactive_strava_application_stops_the_strava_step_with_exit_3(
     strava.inactive = False
     assert run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env).returncode == 0
     assert strava_of(dest, 50_000_000_030)["status"] == "uploaded"
+
+
+def test_an_upload_answer_cut_short_stops_uploads_with_75(garmin, strava, run, bare_env, dest):
+    add_today(garmin, 50_000_000_040)
+    garmin.add_fault("^/api/v3/uploads$", cut(0.3), times=None, host="www.strava.com")
+    result = run("--strava", *SINCE_YESTERDAY, "--dest", dest, env=bare_env)
+    assert result.returncode == 75, result.stderr
+    assert "unexpected" not in result.stderr and "Strava is unreachable" in result.stderr

@@ -522,3 +522,30 @@ def test_an_invalid_stale_after_is_a_usage_error(garmin, real_account, run, env,
     assert result.returncode == 2
     assert "GARMINSYNC_STALE_AFTER" in one_error_line(result.stderr)
     assert garmin.log == []
+
+
+def test_a_ping_url_with_a_password_is_refused_and_never_shown(real_account, run, env, dest):
+    url = "https://user:s3cretpass@hc-ping.com/0f1e2d3c"
+    result = run("--dest", dest, env={**env, "GARMINSYNC_PING_URL": url})
+    assert result.returncode == 2
+    assert "GARMINSYNC_PING_URL" in one_error_line(result.stderr)
+    assert "s3cretpass" not in result.stdout + result.stderr
+
+
+def test_a_hand_edited_last_success_is_reset_with_a_warning(garmin, real_account, run, dest):
+    assert run("--dest", dest).returncode == 0
+    data = manifest(dest)
+    data["last_success"] = "2026-11-30"  # a date, not the time garminsync writes
+    (dest / "garminsync.json").write_text(json.dumps(data))
+    result = run("--status", "--offline", "--dest", dest)
+    assert result.returncode == 0, result.stderr
+    assert "manifest.last_success" in result.stderr and "last success never" in result.stdout
+
+
+def test_a_report_that_cannot_be_written_is_one_line(garmin, real_account, run, dest):
+    assert run("--dest", dest).returncode == 0
+    (dest / "garminsync.html").unlink()
+    (dest / "garminsync.html").mkdir()  # the rename onto it fails, even for root
+    result = run("--report", "--dest", dest)
+    assert result.returncode == 1
+    assert "cannot write in" in one_error_line(result.stderr)
