@@ -1776,6 +1776,14 @@ def covered_types(keys: tuple[str, ...], store: ManifestStore) -> set[str] | Non
     return covered
 
 
+def type_filter(settings: Settings, store: ManifestStore) -> set[str] | None:
+    """The typeKeys this run keeps to (store.types, worked out once, from the kept table):
+    every step or view that filters by type asks here; None: every type."""
+    if settings.types and store.types is None:
+        store.types = covered_types(settings.types, store)
+    return store.types
+
+
 @dataclasses.dataclass(frozen=True)
 class ListingPlan:
     """What a run reads of Garmin's list: nothing, the newest part until `new` unknown
@@ -2136,9 +2144,6 @@ def cmd_sync(settings: Settings) -> int:
             remove_stale_temp_files(settings.dest)
         store.load()
         store.adopt_files_on_disk()
-        filters = settings.action in ("list", "strava-only") or settings.dry_run
-        if filters and (not network or settings.action == "strava-only"):  # else the Garmin step
-            store.types = covered_types(settings.types, store)
         code = run_and_tell(settings, store) if network else EXIT_OK
     if settings.action == "list":
         show_list(settings, store)
@@ -2295,7 +2300,7 @@ def garmin_step(settings: Settings, store: ManifestStore, summary: RunSummary) -
                 refresh_type_table(api, store)
             except ListingFailed as err:  # without it no sub-type is known: download nothing
                 raise Fatal(EXIT_TEMPFAIL, f"{err}; --type needs it, the next run tries again")
-            store.types = covered_types(settings.types, store)
+            type_filter(settings, store)  # an unknown key stops the run before any request more
         try:
             walk = discover(api, store, settings)
             summary.new, summary.listed = walk.new, len(walk.seen)
@@ -2667,8 +2672,7 @@ def strava_pending(store: ManifestStore, since: dt.date) -> list[tuple[dict, int
 
 def strava_step(settings: Settings, store: ManifestStore, summary: RunSummary) -> int:
     """Upload what is pending to Strava; a run with nothing to upload asks Strava nothing."""
-    if settings.types and store.types is None:  # the Garmin step stopped before it could
-        store.types = covered_types(settings.types, store)
+    type_filter(settings, store)
     todo = strava_pending(store, strava_since(store, settings))
     if settings.dry_run:
         for _, _, path in todo:
@@ -3053,8 +3057,7 @@ def show_list(settings: Settings, store: ManifestStore) -> None:
     if settings.list_filter == "types":
         show_types(settings, store)
         return
-    if settings.types and store.types is None:  # the Garmin step stopped before it could
-        store.types = covered_types(settings.types, store)
+    type_filter(settings, store)
     rows = newest_first(store, settings, wanted[settings.list_filter])
     if settings.json:
         json.dump(rows, sys.stdout, indent=1, ensure_ascii=False)
