@@ -65,7 +65,12 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__" and {"--help", "-h"} & set(sys.argv[1:]):
-    print(__doc__.strip())  # before any other import: --help costs little more than Python
+    try:  # before any other import: --help costs little more than Python itself
+        print(__doc__.strip(), flush=True)
+    except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
 
 import argparse

@@ -28,7 +28,9 @@ def pending_manifest(dest: Path, n: int) -> None:
     (dest / "garminsync.json").write_text(json.dumps({"version": 1, "activities": activities}))
 
 
-@pytest.mark.parametrize("args", [["--list", "missing"], ["--status"]], ids=["list", "status"])
+@pytest.mark.parametrize(
+    "args", [["--list", "missing"], ["--status"], ["--help"]], ids=["list", "status", "help"]
+)
 def test_a_closed_pipe_ends_quietly(env, dest, args):
     pending_manifest(dest, 3000)
     read_end, write_end = os.pipe()
