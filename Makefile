@@ -98,6 +98,7 @@ install:
 	$(APP)/venv/bin/python -c '' 2>/dev/null || $(PYTHON) -m venv --clear $(APP)/venv
 	$(APP)/venv/bin/python -m pip install --quiet --disable-pip-version-check '$(DEPS)'
 	install -D -m 0644 garminsync.py $(APP)/garminsync.py
+	$(APP)/venv/bin/python -m compileall -q $(APP)/garminsync.py
 	install -D -m 0644 README.md $(APP)/README.md
 	install -D -m 0755 garminsync.sh $(BIN)/garminsync
 	install -D -m 0644 -t $(UNITS) garminsync.service garminsync.timer \

@@ -156,3 +156,14 @@ def test_every_field_read_back_has_the_type_the_schema_gives(activities):
             assert upload["status"] in garminsync.STRAVA_STATUSES
             for field, (kind, _) in garminsync.STRAVA_UPLOAD.items():
                 assert upload[field] is None or garminsync.fits(upload[field], kind), field
+
+
+@given(st.dictionaries(st.integers(1, 10**12).map(str), edited_entries, max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_an_entry_written_and_read_back_is_the_same_entry(activities):
+    for key, entry in activities.items():
+        entry["id"] = int(key)
+    text = garminsync.json.dumps({"version": 1, "activities": activities})
+    read = garminsync.parse_manifest(text)
+    written = "".join(garminsync.manifest_text(read))  # unset fields left out
+    assert garminsync.parse_manifest(written)["activities"] == read["activities"]

@@ -94,6 +94,28 @@ def test_the_manifest_keeps_one_activity_per_line_so_grep_finds_it(garmin, real_
         assert json.loads(entry) == manifest(dest)["activities"][str(activity_id)]
 
 
+def test_the_manifest_leaves_out_fields_that_are_unset(garmin, real_account, run, dest):
+    run("--dest", dest)
+    entry = manifest(dest)["activities"]["12129115726"]
+    assert {"error", "failures", "gone_since", "strava", "legs", "manual"}.isdisjoint(entry)
+    assert entry["status"] == "downloaded" and entry["type"] == "running"
+
+
+def test_a_manifest_with_every_field_written_out_is_read_as_before(garmin, real_account, run, dest):
+    run("--dest", dest)
+    shown = json.loads(run("--dest", dest, "--list", "all", "--offline", "--json").stdout)
+    unset = {"error": None, "failures": 0, "first_failure": None, "gone_since": None,
+             "legs": 0, "manual": False, "parent": None, "exports": None, "strava": None,
+             "strava_legs": None}  # fmt: skip
+    data = manifest(dest)  # as garminsync 0.2.0 wrote it: every field, unset ones too
+    for entry in data["activities"].values():
+        entry.update({field: value for field, value in unset.items() if field not in entry})
+    (dest / "garminsync.json").write_text(json.dumps(data))
+    result = run("--dest", dest, "--list", "all", "--offline", "--json")
+    assert result.returncode == 0 and "warning" not in result.stderr
+    assert json.loads(result.stdout) == shown
+
+
 # --- how few requests
 
 
