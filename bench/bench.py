@@ -460,10 +460,14 @@ class Bench:
 
     def garminsync(self, fake: BenchFake, *args: str | os.PathLike[str]) -> Run:
         """Run garminsync.py once with these arguments; anything but exit 0 is an error."""
-        run = self.runner.run([sys.executable, self.script, *args], self.env(fake), fake)
+        return self.checked(fake, [sys.executable, self.script, *args])
+
+    def checked(self, fake: BenchFake, argv: Sequence[str | os.PathLike[str]]) -> Run:
+        """Run a command once; anything but exit 0 is an error."""
+        run = self.runner.run(argv, self.env(fake), fake)
         if run.code != 0:
             tail = run.stderr.strip().splitlines()[-3:]
-            raise BenchError(f"garminsync {' '.join(map(str, args))} exited {run.code}: {tail}")
+            raise BenchError(f"{shlex.join(map(str, argv))[-120:]} exited {run.code}: {tail}")
         return run
 
     def python(self, fake: BenchFake, *args: str | os.PathLike[str]) -> Run:
@@ -710,26 +714,53 @@ class LocalFigures:
     """The local commands over a big manifest, and `python -c pass` between them."""
 
     baseline: list[Run]
-    runs: dict[str, list[Run]]
+    runs: dict[str, list[Run]]  # the installed `garminsync` command
+    direct: dict[str, list[Run]]  # `python garminsync.py`
+    floor: list[Run]  # FLOOR: reading the manifest and listing DEST, nothing else
     imports: dict[str, Imports]
     hotspots: dict[str, list[tuple[str, float]]]  # by self time, under cProfile
 
 
+# What any --list or --status must do at least: parse the manifest and list DEST. Its
+# time is the floor under theirs, whatever the code around it.
+FLOOR = (
+    "import argparse, json, os, sys; "
+    "json.load(open(sys.argv[1], 'rb')); list(os.scandir(sys.argv[2]))"
+)
+
+
+def installed_command(bench: Bench) -> Path:
+    """The `garminsync` command as `make install` lays it out in the scratch HOME (the
+    script and its compiled bytecode, the venv) without installing anything: its venv is
+    a link to the one running the benchmark."""
+    app = bench.workdir / ".local/share/garminsync"
+    app.mkdir(parents=True, exist_ok=True)
+    shutil.copy(bench.script, app / "garminsync.py")
+    with contextlib.suppress(FileExistsError):
+        (app / "venv").symlink_to(sys.prefix)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(app)], check=True)
+    return REPO / "garminsync.sh"
+
+
 def measure_local(bench: Bench, fake: BenchFake, template: Path) -> LocalFigures:
-    """Time `python -c pass` and each local command, interleaved so drift hits them alike
-    (more repetitions than `runs`: each is short); then what they import and where their
-    time goes."""
+    """Time `python -c pass`, each local command (as the installed command, and as
+    `python garminsync.py`) and the floor, interleaved so drift hits them alike (more
+    repetitions than `runs`: each is short); then what they import and where their time goes."""
     dest = clone_dest(template, bench.workdir / "local")
+    command = installed_command(bench)
     runs: dict[str, list[Run]] = {name: [] for name in LOCAL_COMMANDS}
-    baseline = []
+    direct: dict[str, list[Run]] = {name: [] for name in LOCAL_COMMANDS}
+    baseline, floor = [], []
     for _ in range(2 * bench.runs + 1):
         baseline.append(bench.python(fake, "-c", "pass"))
+        floor.append(bench.python(fake, "-c", FLOOR, dest / "garminsync.json", dest))
         for name, args in LOCAL_COMMANDS.items():
-            runs[name].append(bench.garminsync(fake, *args, "--dest", dest))
+            runs[name].append(bench.checked(fake, ["sh", command, *args, "--dest", dest]))
+            direct[name].append(bench.garminsync(fake, *args, "--dest", dest))
     imports = measure_imports(bench, fake, dest)
     hotspots = hotspots_beyond_help(bench, fake, dest)
     shutil.rmtree(dest)
-    return LocalFigures(baseline, runs, imports, hotspots)
+    return LocalFigures(baseline, runs, direct, floor, imports, hotspots)
 
 
 def parse_importtime(stderr: str) -> tuple[set[str], dict[str, float]]:
@@ -936,29 +967,28 @@ def rss_context(small: FirstSync, noop: list[Run], local: LocalFigures) -> str:
 def local_rows(local: LocalFigures, known: int, compile_s: float, manifest_bytes: int) -> list[Row]:
     base = median([r.wall for r in local.baseline])
     help_ratio = median([r.wall for r in local.runs["--help"]]) / base
-    slowest = ", ".join(f"{m} {ms(t)}" for m, t in local.imports["--help"].slowest[:4])
-    startup = (
-        f"`--help` alone is {help_ratio:.1f}×: compiling the script, on every start as it "
-        f"runs as a script, takes {ms(compile_s)} ({compile_s / base:.1f}× `python -c pass`), "
-        f"and its slowest imports (-X importtime, inflated) are {slowest}"
-    )
+    floor_ratio = median([r.wall for r in local.floor]) / base
     rows = []
     for name, runs in local.runs.items():
         ratio = median([r.wall for r in runs]) / base
-        cause = startup
+        direct = median([r.wall for r in local.direct[name]]) / base
+        slowest = ", ".join(f"{m} {ms(t)}" for m, t in local.imports[name].slowest[:4])
+        cause = f"`--help` is {help_ratio:.1f}×; slowest imports (-X importtime): {slowest}"
         if name != "--help":
             spots = ", ".join(f"{where} {ms(t)}" for where, t in local.hotspots[name])
             cause += (
-                f"; reading the {manifest_bytes / MIB:.1f} MiB manifest and scanning DEST "
-                f"add {ratio - help_ratio:.1f}×, most of it in (cProfile self time beyond "
-                f"`--help`'s, inflated) {spots}"
+                f"; parsing the {manifest_bytes / MIB:.1f} MiB manifest and listing DEST, and "
+                f"nothing else, is {floor_ratio:.1f}× on its own (the floor row); checking "
+                f"each entry and each file adds the rest, most of it in (cProfile self time "
+                f"beyond `--help`'s, inflated) {spots}"
             )
         over = "" if name == "--help" else f" ({known:,} activities)"
         target = LOCAL_RATIO_TARGETS[name]
         rows.append(
             Row(
-                f"`{name}`{over}: time (median of {len(runs)})",
-                f"{ratio:.1f}× `python -c pass`",
+                f"`garminsync {name}`{over}: time (median of {len(runs)})",
+                f"{ratio:.1f}× `python -c pass` (as `python garminsync.py {name}`: "
+                f"{direct:.1f}×, of which compiling the script {compile_s / base:.1f}×)",
                 f"≤ {target:g}×",
                 ratio <= target,
                 cause,
@@ -966,10 +996,10 @@ def local_rows(local: LocalFigures, known: int, compile_s: float, manifest_bytes
         )
         if name == "--help":
             continue
-        rss = max(r.maxrss for r in runs)
+        rss = max(r.maxrss for r in runs + local.direct[name])
         rows.append(
             Row(
-                f"`{name}`{over}: peak RSS (highest of {len(runs)})",
+                f"`garminsync {name}`{over}: peak RSS (highest of {2 * len(runs)}, both ways)",
                 mib(rss),
                 f"< {mib(LOCAL_RSS_TARGET, 0)}",
                 rss < LOCAL_RSS_TARGET,
@@ -977,6 +1007,15 @@ def local_rows(local: LocalFigures, known: int, compile_s: float, manifest_bytes
                 f"the {manifest_bytes / MIB:.1f} MiB manifest is parsed whole",
             )
         )
+    rows.append(
+        Row(
+            f"Floor: parsing the manifest ({known:,} activities, {manifest_bytes / MIB:.1f} "
+            "MiB) and listing DEST, nothing else",
+            f"{floor_ratio:.1f}× `python -c pass`",
+            "(comparison)",
+            None,
+        )
+    )
     heavy = {name: sorted(i.packages & set(HEAVY_MODULES)) for name, i in local.imports.items()}
     offenders = "; ".join(f"`{n}`: {', '.join(m)}" for n, m in heavy.items() if m)
     rows.append(

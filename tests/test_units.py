@@ -389,6 +389,24 @@ def test_only_the_manager_of_this_home_is_reloaded(install: Install, same_home: 
         assert acted == []
 
 
+def test_the_installed_command_runs_the_installed_script_from_its_bytecode(
+    install: Install, tmp_path: Path
+) -> None:
+    app = install.home / ".local/share/garminsync"
+    (cached,) = (app / "__pycache__").glob("garminsync.cpython-*.pyc")  # compiled at install
+    assert cached.stat().st_size > 10_000
+    (tmp_path / "garminsync.py").write_text("print('the wrong garminsync')\n")  # in the cwd
+    shown = subprocess.run(
+        [str(install.home / ".local/bin/garminsync"), "--version"],
+        env={"HOME": str(install.home), "PATH": SYSTEM_PATH, "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (shown.returncode, shown.stdout.split()[0]) == (0, "garminsync"), shown.stderr
+
+
 def test_the_installed_command_runs_with_the_timers_settings(install: Install) -> None:
     home = copy_of(install)
     nas = home.home / "nas/fit"
