@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,14 +42,6 @@ VENV_PY = HOME / ".local/share/garminsync/venv/bin/python"
 MARKER = "/tmp/garminsync-live-marker"  # noqa: S108 (in the namespace's own tmpfs)
 NAS = Path("/mnt/nas/fit")
 BACKUP = Path("/mnt/backup")  # the rclone remote "backup:" (an alias of this local folder)
-# The README's recipe for a second copy after each run, as a drop-in of garminsync.service
-# (the test puts in the path `shutil.which` finds, in case it is not /usr/bin).
-RCLONE_DROPIN = (
-    "[Service]\n"
-    "ExecStartPost=/usr/bin/rclone sync ${GARMINSYNC_DEST} backup:fit"
-    " --config %h/.config/rclone/rclone.conf\n"
-    "ReadWritePaths=/mnt/backup\n"
-)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP = Path("/sys/fs/cgroup")
 MANAGER_CGROUP = CGROUP / f"user.slice/user-{UID}.slice/user@{UID}.service"
@@ -346,7 +339,7 @@ def scenario(fake: FakeGarmin, ids: list[int], seen: dict[str, Any]) -> None:
     (UNITS / "garminsync.service.d/probe.conf").unlink()
     systemctl("daemon-reload")
 
-    # 1b. The README's rclone drop-in keeps a second copy after each run (in steps 1b-3).
+    # 1b. The rclone drop-in of docs/recipes.md keeps a second copy after each run (in steps 1b-3).
     rclone = shutil.which("rclone")
     seen["rclone"] = rclone
     if rclone:
@@ -433,16 +426,25 @@ def scenario(fake: FakeGarmin, ids: list[int], seen: dict[str, Any]) -> None:
     profiles(fake, ids, seen)
 
 
+def rclone_recipe() -> str:
+    """The drop-in docs/recipes.md gives for a second copy after each run, as users read it."""
+    text = (Path(CFG["repo"]) / "docs/recipes.md").read_text()
+    block = re.search(r"```ini\n(\[Service\]\nExecStartPost=/usr/bin/rclone .*?)```", text, re.S)
+    assert block, "docs/recipes.md has no rclone drop-in"
+    return block.group(1)
+
+
 def rclone_backup(rclone: str, seen: dict[str, Any]) -> None:
-    """Add the README's rclone drop-in; run the service; compare the copy with DEST."""
+    """Add the recipe's rclone drop-in (with the rclone `shutil.which` finds, in case it is
+    not /usr/bin's); run the service; compare the copy with DEST."""
     BACKUP.mkdir()
     os.chown(BACKUP, UID, UID)
-    # The remote "backup:" is a local folder; an alias keeps `backup:fit` as in the README.
+    # The remote "backup:" is a local folder; an alias keeps `backup:fit` as in the recipe.
     conf = f"[backup]\ntype = alias\nremote = {BACKUP}\n"
     write(HOME / ".config/rclone/rclone.conf", conf, 0o600)
     write(
         UNITS / "garminsync.service.d/rclone.conf",
-        RCLONE_DROPIN.replace("/usr/bin/rclone", rclone),
+        rclone_recipe().replace("/usr/bin/rclone", rclone),
     )
     systemctl("daemon-reload")
     run_ = seen["rclone_run"] = start_service()

@@ -339,7 +339,7 @@ def test_sandbox_has_its_own_namespaces_and_keyring(live: dict[str, Any]) -> Non
 
 
 # ---------------------------------------------------------------------------------------
-# A second copy with rclone: the README's ExecStartPost= drop-in, in the real sandbox.
+# A second copy with rclone: the ExecStartPost= drop-in of docs/recipes.md, in the real sandbox.
 
 
 def rclone_ran(post: dict[str, Any]) -> bool:
