@@ -996,11 +996,13 @@ def local_rows(local: LocalFigures, known: int, compile_s: float, manifest_bytes
         )
         if name == "--help":
             continue
-        rss = max(r.maxrss for r in runs + local.direct[name])
+        rss = max(r.maxrss for r in runs)
+        direct_rss = max(r.maxrss for r in local.direct[name])
         rows.append(
             Row(
-                f"`garminsync {name}`{over}: peak RSS (highest of {2 * len(runs)}, both ways)",
-                mib(rss),
+                f"`garminsync {name}`{over}: peak RSS (highest of {len(runs)})",
+                f"{mib(rss)} (as `python garminsync.py {name}`, compiled as it starts: "
+                f"{mib(direct_rss)})",
                 f"< {mib(LOCAL_RSS_TARGET, 0)}",
                 rss < LOCAL_RSS_TARGET,
                 f"`python -c pass` peaks at {mib(max(r.maxrss for r in local.baseline))}; "
