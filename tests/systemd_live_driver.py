@@ -211,6 +211,7 @@ def build_world(ca_pem: bytes) -> str:
     os.chown(HOME, UID, UID)
     SRC.mkdir()
     for name in CFG["repo_files"]:
+        (SRC / name).parent.mkdir(exist_ok=True)
         shutil.copy2(Path(CFG["repo"]) / name, SRC / name)
     shutil.copy2(Path(__file__).with_name("systemd_probe.py"), HOME / "probe.py")
     if CFG.get("venv"):  # the session's install: `make install` below then only upgrades
@@ -428,7 +429,7 @@ def scenario(fake: FakeGarmin, ids: list[int], seen: dict[str, Any]) -> None:
 
 def rclone_recipe() -> str:
     """The drop-in docs/recipes.md gives for a second copy after each run, as users read it."""
-    text = (Path(CFG["repo"]) / "docs/recipes.md").read_text()
+    text = (SRC / "docs/recipes.md").read_text()
     block = re.search(r"```ini\n(\[Service\]\nExecStartPost=/usr/bin/rclone .*?)```", text, re.S)
     assert block, "docs/recipes.md has no rclone drop-in"
     return block.group(1)
