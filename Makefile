@@ -100,6 +100,7 @@ install:
 	install -D -m 0644 garminsync.py $(APP)/garminsync.py
 	$(APP)/venv/bin/python -m compileall -q $(APP)/garminsync.py
 	install -D -m 0644 README.md $(APP)/README.md
+	install -D -m 0644 -t $(APP)/docs docs/*.md docs/report.png
 	install -D -m 0755 garminsync.sh $(BIN)/garminsync
 	install -D -m 0644 -t $(UNITS) garminsync.service garminsync.timer \
 	  garminsync@.service garminsync@.timer

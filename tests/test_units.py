@@ -389,6 +389,15 @@ def test_only_the_manager_of_this_home_is_reloaded(install: Install, same_home: 
         assert acted == []
 
 
+def test_every_page_the_units_name_is_installed(install: Install) -> None:
+    units = [install.home / ".config/systemd/user" / name for name in UNIT_FILES]
+    pages = {page for unit in units for page in unit_settings(unit)["Documentation"]}
+    files = {page.removeprefix("file:%h/") for page in pages if page.startswith("file:")}
+    assert len(files) >= 2  # the README and the recipes
+    for name in files:
+        assert (install.home / name).is_file(), f"{name} is named but not installed"
+
+
 def test_the_installed_command_runs_the_installed_script_from_its_bytecode(
     install: Install, tmp_path: Path
 ) -> None:
