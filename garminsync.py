@@ -820,11 +820,6 @@ RUNS_KEPT = 100
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # as iso_now() writes it
 
 
-def fits(value: Any, kind: type | tuple) -> bool:
-    """Whether a JSON value has this type (a bool is not a number here)."""
-    return type(value) in (kind if isinstance(kind, tuple) else (kind,))
-
-
 def clean_fields(value: dict, schema: dict, where: str, problems: list[str]) -> dict:
     """The schema's fields taken from value: each of its type, else its default (and noted).
     Parsed JSON has exact types, so a type test is a set lookup."""
@@ -868,7 +863,7 @@ def new_entry(record: dict) -> dict:
 
 # Fields a manifest file leaves out while they are null, 0 or false: reading fills them in.
 # A big manifest is a third smaller, and as much faster to read.
-UNSET_LEFT_OUT = {f for f, default in ENTRY_DEFAULTS.items() if default in (None, 0) and f != "id"}
+UNSET_LEFT_OUT = {field for field, default in ENTRY_DEFAULTS.items() if default in (None, 0)}
 
 
 def stored_entry(entry: dict) -> dict:
